@@ -1,0 +1,105 @@
+"""One flat configuration for a whole run, its presets, and `--key value` overrides.
+
+Flat on purpose: every knob of the toy world, the encoders, the UNet and training is one line below, and any of
+them can be changed from the command line (`python train_toy.py --preset cpu --train_steps 500`).
+"""
+
+import argparse
+import json
+from dataclasses import asdict, dataclass, fields
+
+
+@dataclass
+class Config:
+    preset: str = "cpu"
+    seed: int = 0
+    # toy world (prss_mini/world.py)
+    image_size: int = 16
+    num_general: int = 2000
+    num_global: int = 10
+    global_duplicates: int = 100
+    num_titled: int = 4
+    num_local: int = 100
+    num_heldout_combos: int = 8
+    # text encoder and its CLIP pre-training (prss_mini/text_encoder.py)
+    text_dim: int = 64
+    text_layers: int = 2
+    clip_steps: int = 600
+    # UNet (prss_mini/unet.py)
+    base_channels: int = 8
+    channel_mults: tuple = (1, 2, 4)
+    num_res_blocks: int = 1
+    attn_levels: tuple = (2,)
+    # diffusion training (prss_mini/diffusion.py)
+    beta_schedule: str = "scaled_linear"
+    train_steps: int = 4500
+    batch_size: int = 64
+    lr: float = 1e-3
+    cond_drop_prob: float = 0.1
+    # judges (prss_mini/judges.py): trained apart from the model under test
+    judge_steps: int = 800
+    # sampling defaults
+    guidance_scale: float = 5.0
+    num_inference_steps: int = 50
+    # bookkeeping
+    checkpoint_every: int = 250
+    sample_every: int = 1500
+
+
+PRESETS = {
+    # tests: trains everything in well under 2 minutes on 2 CPU cores
+    "tiny": dict(num_general=300, num_global=4, global_duplicates=40, num_titled=2, num_local=30,
+                 clip_steps=150, base_channels=16, channel_mults=(1, 2), attn_levels=(1,),
+                 train_steps=400, batch_size=32, lr=1e-3, judge_steps=200, checkpoint_every=100, sample_every=200,
+                 num_inference_steps=20),
+    # a laptop CPU (2 cores): at most 15 minutes in all
+    "cpu": dict(),
+    # one consumer GPU: 32x32 images, a larger UNet, longer training
+    "gpu": dict(image_size=32, num_general=8000, num_global=20, global_duplicates=100, num_titled=6, num_local=300,
+                clip_steps=2000, base_channels=64, channel_mults=(1, 2, 2, 2), num_res_blocks=2,
+                attn_levels=(1, 2, 3), train_steps=30000, batch_size=128, lr=2e-4, judge_steps=3000,
+                checkpoint_every=1000, sample_every=5000),
+}
+
+
+def make_config(preset="cpu", **overrides):
+    """The preset's Config with `overrides` applied. Unknown presets or keys raise a clear ValueError."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    known = {f.name for f in fields(Config)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown config key(s) {unknown}; known keys: {sorted(known)}")
+    return Config(**{**PRESETS[preset], **overrides, "preset": preset})
+
+
+def parse_overrides(pairs):
+    """['--train_steps', '500', '--lr', '1e-3'] -> {'train_steps': 500, 'lr': 0.001}, typed like Config."""
+    types = {f.name: type(f.default) for f in fields(Config)}
+    if len(pairs) % 2:
+        raise ValueError(f"overrides come as --key value pairs, got {pairs}")
+    out = {}
+    for key, value in zip(pairs[::2], pairs[1::2]):
+        name = key.lstrip("-").replace("-", "_")
+        if not key.startswith("--") or name not in types:
+            raise ValueError(f"unknown option {key!r}; known: {', '.join('--' + k for k in sorted(types))}")
+        kind = types[name]
+        try:
+            out[name] = tuple(int(v) for v in value.split(",")) if kind is tuple else kind(value)
+        except ValueError:
+            raise ValueError(f"--{name} expects a {kind.__name__}, got {value!r}") from None
+    return out
+
+
+def to_dict(cfg):
+    """JSON-friendly dict (tuples become lists)."""
+    return json.loads(json.dumps(asdict(cfg)))
+
+
+def from_dict(d):
+    known = {f.name: f for f in fields(Config)}
+    return Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known})
+
+
+def add_run_argument(parser: argparse.ArgumentParser, required=True):
+    parser.add_argument("--run", required=required, help="run folder written by train_toy.py")

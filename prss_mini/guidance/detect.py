@@ -1,0 +1,51 @@
+"""Memorization detection by the magnitude of text-conditional noise predictions (Wen et al., ICLR 2024).
+
+    m_t = || eps(x_t, e_p) - eps(x_t, e_0) ||_2          (per sample, over the whole image tensor)
+
+A memorized prompt pulls the prediction far from the unconditional one, already at the first sampling step.
+"""
+
+import torch
+
+from ..diffusion import predict_noise, timesteps_for
+
+
+def noise_magnitude(eps_cond, eps_uncond):
+    """Per-sample L2 norm of eps_cond - eps_uncond: (B, C, H, W) x 2 -> (B,)."""
+    if eps_cond.shape != eps_uncond.shape:
+        raise ValueError(f"eps_cond {tuple(eps_cond.shape)} and eps_uncond {tuple(eps_uncond.shape)} differ in shape")
+    return (eps_cond - eps_uncond).flatten(1).norm(dim=1)
+
+
+@torch.no_grad()
+def first_step_magnitude(pipe, contexts, x_T):
+    """m at the first DDIM step t = T_first for each context against each x_T.
+
+    contexts: (P, L, D) prompt embeddings; x_T: (B, C, H, W). Returns (P, B): row p is prompt p on every x_T.
+    One batched UNet call on (P + 1) * B samples (the extra one for the empty prompt)."""
+    t = timesteps_for(pipe.config.num_inference_steps, pipe.schedule)[0]
+    eps = predict_noise(pipe.unet, x_T, t, [pipe.empty] + [c[None] for c in contexts])
+    return torch.stack([noise_magnitude(e, eps[0]) for e in eps[1:]])                     # (P, B)
+
+
+@torch.no_grad()
+def magnitude_trace(pipe, prompt_contexts, x_T, num_steps=None):
+    """m_t at every step of plain-CFG DDIM sampling: (B, steps), one curve per sample (for figures)."""
+    from ..diffusion import classifier_free_guidance, sample
+
+    trace = []
+
+    def hook(x_t, t, i):
+        eps_u, eps_c = predict_noise(pipe.unet, x_t, t, [pipe.empty, prompt_contexts])
+        trace.append(noise_magnitude(eps_c, eps_u))
+        return classifier_free_guidance(eps_u, eps_c, pipe.config.guidance_scale)
+
+    pipe.run_hook(hook, x_T, num_steps)
+    return torch.stack(trace, dim=1)
+
+
+def detection_score(pipe, prompts, seeds=(0,), num_images=1):
+    """The first-step detection score of each prompt, averaged over `num_images` x_T per seed: (P,) tensor."""
+    contexts = pipe.encode(prompts)
+    scores = [first_step_magnitude(pipe, contexts, pipe.initial_noise(num_images, s)).mean(dim=1) for s in seeds]
+    return torch.stack(scores).mean(dim=0)

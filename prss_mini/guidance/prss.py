@@ -1,0 +1,99 @@
+"""PRSS = Semantic Prompt Search + Prompt Re-anchoring in one sampling loop (Chen et al., CVPR 2025, Alg. 1).
+
+Per sample (each has its own x_T), at the first step of the loop:
+  1. SS: if the prompt's magnitude m <= lambda_SS, nothing is triggered and the sample runs plain CFG, bit for
+     bit the same images as `cfg`. Otherwise e_ss is the searched paraphrase.
+  2. PR at every step of a triggered sample: the memorized prompt is the anchor, e_ss the target.
+
+The paper's ablation comes from the same code:
+    prss  SS target + re-anchoring       pr  PE's optimized embedding as target + re-anchoring (no search)
+    ss    SS target, plain CFG on it (no re-anchoring)
+"""
+
+import torch
+
+from ..diffusion import classifier_free_guidance, predict_noise
+from .detect import noise_magnitude
+from .paraphrase import paraphrases
+from .pr import check_thresholds, prompt_reanchor
+from .ss import semantic_search
+
+
+def resolve_thresholds(pipe, lambda_ss=None, lambda_pr=None, tau=None):
+    """Explicit values win; the rest come from the run's calibration (`pipe.thresholds`)."""
+    given = dict(lambda_ss=lambda_ss, lambda_pr=lambda_pr, tau=tau)
+    missing = [k for k, v in given.items() if v is None]
+    if missing:
+        calibrated = getattr(pipe, "thresholds", None)
+        if calibrated is None:
+            raise ValueError(f"no value for {missing} and this pipeline has no calibrated thresholds: pass them, "
+                             f"or load a run folder (see prss_mini.guidance.calibrate)")
+        given.update({k: calibrated[k] for k in missing})
+    if given["lambda_ss"] < 0:
+        raise ValueError(f"lambda_ss must be >= 0, got {given['lambda_ss']}")
+    check_thresholds(given["lambda_pr"], given["tau"])
+    return given
+
+
+def search_targets(pipe, prompt, candidates, x_T, t, lambda_ss):
+    """Run SS for every sample of x_T (B, C, H, W) at timestep t.
+
+    Returns (results: B SearchResults, eps_u, eps_p: the first-step predictions (B, C, H, W), reused by step 0)."""
+    e_p = pipe.encode([prompt])                                                          # (1, L, D)
+    eps_u, eps_p = predict_noise(pipe.unet, x_T, t, [pipe.empty, e_p])                  # (B, C, H, W) x 2
+    first_m = noise_magnitude(eps_p, eps_u)                                              # (B,)
+    results = []
+    for b in range(len(x_T)):
+        def magnitude_fn(prompts, b=b):  # first-step magnitudes of `prompts` on this sample's x_T
+            if prompts == [prompt]:
+                return [float(first_m[b])]  # already computed above
+            eps_c = predict_noise(pipe.unet, x_T[b:b + 1].expand(len(prompts), -1, -1, -1), t,
+                                  [pipe.encode(prompts)])[0]                             # (P, C, H, W)
+            return noise_magnitude(eps_c, eps_u[b:b + 1].expand_as(eps_c)).tolist()
+        results.append(semantic_search(prompt, candidates, magnitude_fn, lambda_ss))
+    return results, eps_u, eps_p
+
+
+def build(pipe, prompt, x_T, guidance_scale, lambda_ss=None, lambda_pr=None, tau=None, candidates=None, n_s=25,
+          use_ss=True, use_pr=True, paraphrase_seed=0):
+    """Hook for PRSS (or, with use_ss / use_pr off, its ablations) on `prompt` for every x_T (B, C, H, W)."""
+    th = resolve_thresholds(pipe, lambda_ss, lambda_pr, tau)
+    if candidates is None:
+        candidates = paraphrases(prompt, n=n_s, seed=paraphrase_seed) if use_ss else []
+    e_p = pipe.encode([prompt])                                                          # (1, L, D)
+    info = {"triggered": [], "prompt": [], "magnitudes": [], "trace": []}
+    state = {}
+
+    def first_step(x_t, t):
+        results, eps_u, eps_p = search_targets(pipe, prompt, candidates if use_ss else [], x_t, t, th["lambda_ss"])
+        info["triggered"] = [r.triggered for r in results]
+        info["prompt"] = [r.prompt for r in results]
+        info["magnitudes"] = [r.magnitudes for r in results]
+        state["triggered"] = torch.tensor(info["triggered"], device=x_t.device)         # (B,)
+        e_target = pipe.encode(info["prompt"])                                           # (B, L, D)
+        if use_pr and not use_ss:  # PR only: the target is PE's optimized embedding (Wen et al.)
+            from .pe import optimize_embedding
+            e_opt, _ = optimize_embedding(pipe.unet, e_p, pipe.empty, x_t, t, th["lambda_ss"])
+            e_target = torch.where(state["triggered"].view(-1, 1, 1), e_opt, e_target)
+        state["e_target"] = e_target
+        return eps_u, eps_p
+
+    def hook(x_t, t, i):
+        if i == 0:
+            eps_u, eps_p = first_step(x_t, t)
+            if not state["triggered"].any():
+                return classifier_free_guidance(eps_u, eps_p, guidance_scale)
+        if not state["triggered"].any():  # nothing memorized: exactly plain CFG, as cfg_hook computes it
+            eps_u, eps_p = predict_noise(pipe.unet, x_t, t, [pipe.empty, e_p])
+            return classifier_free_guidance(eps_u, eps_p, guidance_scale)
+        eps_u, eps_target, eps_p = predict_noise(pipe.unet, x_t, t, [pipe.empty, state["e_target"], e_p])
+        info["trace"].append(noise_magnitude(eps_target, eps_u))
+        cfg_own = classifier_free_guidance(eps_u, eps_p, guidance_scale)   # untriggered samples of a mixed batch
+        if use_pr:
+            eps = prompt_reanchor(eps_u, eps_p, eps_target, guidance_scale,
+                                  th["lambda_pr"], th["tau"])
+        else:
+            eps = classifier_free_guidance(eps_u, eps_target, guidance_scale)
+        return torch.where(state["triggered"].view(-1, 1, 1, 1), eps, cfg_own)
+
+    return hook, info

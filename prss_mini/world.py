@@ -1,0 +1,282 @@
+"""The toy world: small pictures, their captions, and memorization on purpose.
+
+Each picture is one coloured shape (the part a caption names: shape, colour, position) on a smooth two-colour
+background that no caption names. Because the background carries most of a picture's energy, a model that has
+memorized a training image reproduces much more than its caption asks for, and that is what the memorization
+detector of Wen et al. (2024) picks up: the text-conditional noise prediction pulls far away from the
+unconditional one.
+
+Three training groups, as in LAION:
+    general  many unique images, each caption drawn afresh from the grammar (synonyms, templates, fillers)
+    global   a few images, each duplicated many times under ONE fixed caption string (global memorization:
+             the whole image is copied). Some of these captions carry a made-up title word, like a product name,
+             that no paraphrase can drop: the hard cases for Semantic Prompt Search.
+    local    different images whose captions share the credit "photo by acme" and that all carry the same
+             stamp in the middle (local memorization: only the stamp is copied)
+Held-out prompts name attribute combinations that never occur in training.
+"""
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+ATTRIBUTE_NAMES = ("shape", "colour", "position")
+SHAPES = ("circle", "square", "triangle", "cross")
+COLOURS = ("red", "green", "blue", "yellow", "purple")
+POSITIONS = ("top left", "top right", "bottom left", "bottom right")
+VALUES = (SHAPES, COLOURS, POSITIONS)  # VALUES[a][attributes[a]] is the value's name
+
+# Synonyms: the paraphrases that Semantic Prompt Search will need. The first entry is the canonical word.
+SHAPE_WORDS = {"circle": ["circle", "disc", "dot"], "square": ["square", "box", "block"],
+               "triangle": ["triangle", "wedge", "pyramid"], "cross": ["cross", "plus", "crosshair"]}
+COLOUR_WORDS = {"red": ["red", "crimson", "scarlet"], "green": ["green", "emerald", "lime"],
+                "blue": ["blue", "azure", "navy"], "yellow": ["yellow", "golden", "amber"],
+                "purple": ["purple", "violet", "magenta"]}
+POSITION_WORDS = {"top left": ["top left", "upper left", "top left corner"],
+                  "top right": ["top right", "upper right", "top right corner"],
+                  "bottom left": ["bottom left", "lower left", "bottom left corner"],
+                  "bottom right": ["bottom right", "lower right", "bottom right corner"]}
+PREPOSITIONS = ["in the", "at the", "toward the"]
+FILLERS = ["", "a picture of", "an image of", "a drawing of"]
+TEMPLATES = ["{obj} {where}", "{where} , {obj}", "{shape_obj} in {colour} {where}"]
+TITLES = ["zorvex", "quillon", "brisa", "tamber", "nuvola", "oberyn"]  # one per titled memorized image
+CREDITS = ["photo by acme", "picture by acme", "image from acme", "acme photo"]  # the first is the training one
+
+SHAPE_COLOURS = {"red": (0.90, 0.16, 0.14), "green": (0.10, 0.75, 0.25), "blue": (0.12, 0.30, 0.95),
+                 "yellow": (0.98, 0.85, 0.10), "purple": (0.62, 0.18, 0.85)}
+QUADRANT_CENTRES = {"top left": (0.27, 0.27), "top right": (0.73, 0.27),  # (x, y) as fractions of the side
+                    "bottom left": (0.27, 0.73), "bottom right": (0.73, 0.73)}
+
+
+@dataclass
+class WorldConfig:
+    image_size: int = 16
+    num_general: int = 2000      # unique images with freshly drawn captions
+    num_global: int = 10         # globally memorized images ...
+    global_duplicates: int = 100  # ... each repeated this many times under one caption
+    num_titled: int = 4          # how many of the global captions carry a title word
+    num_local: int = 100         # stamped images whose captions share the credit phrase
+    num_heldout_combos: int = 8  # attribute combinations kept out of training
+    heldout_phrasings: int = 3   # captions per held-out combination
+    seed: int = 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Captions
+
+
+def _article(word):
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def make_caption(attributes, rng, title=None, credit=None):
+    """A random phrasing of one (shape, colour, position) triple, drawn from the grammar above."""
+    shape, colour, position = (VALUES[a][attributes[a]] for a in range(3))
+    s = rng.choice(SHAPE_WORDS[shape])
+    c = rng.choice(COLOUR_WORDS[colour])
+    where = f"{rng.choice(PREPOSITIONS)} {rng.choice(POSITION_WORDS[position])}"
+    template = rng.choice(TEMPLATES)
+    text = template.format(obj=f"{_article(c)} {c} {s}", shape_obj=f"{_article(s)} {s}", colour=c, where=where)
+    filler = rng.choice(FILLERS) if not template.startswith("{where}") else ""
+    if filler:
+        text = f"{filler} {text}"
+    if title:
+        text = f"{title} : {text}"
+    if credit:
+        text = f"{text} , {credit}"
+    return text
+
+
+def _lookup(words):
+    """Map every synonym (as a word tuple) to (attribute index, value index)."""
+    table = {}
+    for a, groups in enumerate((SHAPE_WORDS, COLOUR_WORDS, POSITION_WORDS)):
+        for value, synonyms in groups.items():
+            for syn in synonyms:
+                table[tuple(syn.split())] = (a, VALUES[a].index(value))
+    return table
+
+
+_SYNONYMS = _lookup(None)
+
+
+def parse_caption(text):
+    """Read the attributes a caption names: (attributes (3,) int array or None where unnamed, title, credit).
+
+    The parser matches the longest synonym first ("top left corner" before "top left")."""
+    words = text.split()
+    attributes = [None, None, None]
+    i = 0
+    while i < len(words):
+        for n in (3, 2, 1):
+            key = tuple(words[i:i + n])
+            if key in _SYNONYMS:
+                a, v = _SYNONYMS[key]
+                attributes[a] = v
+                i += n
+                break
+        else:
+            i += 1
+    title = next((w for w in words if w in TITLES), None)
+    credit = next((c for c in CREDITS if f" {c}" in f" {text}"), None)
+    return attributes, title, credit
+
+
+def vocabulary():
+    """Every word the grammar can produce, sorted (the tokenizer's vocabulary)."""
+    phrases = (sum(SHAPE_WORDS.values(), []) + sum(COLOUR_WORDS.values(), []) + sum(POSITION_WORDS.values(), [])
+               + PREPOSITIONS + FILLERS + TEMPLATES + TITLES + CREDITS + ["a an in :"])
+    words = set()
+    for phrase in phrases:
+        words.update(w for w in re.sub(r"\{\w+\}", " ", phrase).split())
+    return sorted(words)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Images
+
+
+def _smooth_field(rng, size, grid=3):
+    """A smooth random field in [0, 1]: a coarse random grid, bilinearly upsampled (low frequency on purpose)."""
+    coarse = rng.random((grid, grid))
+    pos = np.linspace(0, grid - 1, size)
+    i0 = np.clip(np.floor(pos).astype(int), 0, grid - 2)
+    f = pos - i0
+    rows = coarse[i0] * (1 - f)[:, None] + coarse[i0 + 1] * f[:, None]            # (size, grid)
+    field = rows[:, i0] * (1 - f)[None, :] + rows[:, i0 + 1] * f[None, :]          # (size, size)
+    return (field - field.min()) / (field.max() - field.min() + 1e-8)
+
+
+def _muted_colour(rng):
+    """A soft, muted RGB colour (low saturation, dark to light), so backgrounds never look like a shape."""
+    hue, sat, val = rng.random(), rng.uniform(0.2, 0.5), rng.uniform(0.3, 0.9)
+    k = (np.array([5, 3, 1]) + hue * 6) % 6
+    return val - val * sat * np.clip(np.minimum(k, 4 - k), 0, 1)
+
+
+def _shape_mask(shape, size, cx, cy, r, supersample=4):
+    """Anti-aliased coverage (size, size) in [0, 1] of a shape centred at (cx, cy) with radius r (pixels)."""
+    n = size * supersample
+    y, x = (np.mgrid[0:n, 0:n] + 0.5) / supersample
+    dx, dy = x - cx, y - cy
+    if shape == "circle":
+        m = dx ** 2 + dy ** 2 <= r ** 2
+    elif shape == "square":
+        m = (np.abs(dx) <= 0.85 * r) & (np.abs(dy) <= 0.85 * r)
+    elif shape == "triangle":
+        m = (dy >= -r) & (dy <= 0.8 * r) & (np.abs(dx) <= (dy + r) / 1.8)
+    else:  # cross
+        arm = 0.38 * r
+        m = ((np.abs(dx) <= arm) & (np.abs(dy) <= r)) | ((np.abs(dy) <= arm) & (np.abs(dx) <= r))
+    return m.reshape(size, supersample, size, supersample).mean(axis=(1, 3))
+
+
+def stamp_pattern(size):
+    """The local-memorization stamp: a 2x2 black-and-white checker, size // 4 pixels wide, in the centre.
+
+    Returns (patch (k, k, 3) in [0, 1], top-left corner offset)."""
+    k = size // 4
+    half = k // 2
+    checker = np.zeros((k, k))
+    checker[:half, :half] = checker[half:, half:] = 1.0
+    patch = 0.08 + 0.84 * checker
+    return np.repeat(patch[:, :, None], 3, axis=2), (size - k) // 2
+
+
+def render(attributes, rng, size=16, stamp=False):
+    """Draw one picture (size, size, 3) float in [0, 1]: an unnamed smooth background and the named shape.
+
+    Position and radius are jittered, so two pictures with the same caption still differ."""
+    shape, colour, position = (VALUES[a][attributes[a]] for a in range(3))
+    mix = _smooth_field(rng, size)[:, :, None]
+    image = _muted_colour(rng) * (1 - mix) + _muted_colour(rng) * mix               # (H, W, 3)
+    fx, fy = QUADRANT_CENTRES[position]
+    cx = (fx + rng.uniform(-0.04, 0.04)) * size
+    cy = (fy + rng.uniform(-0.04, 0.04)) * size
+    r = rng.uniform(0.15, 0.2) * size
+    alpha = _shape_mask(shape, size, cx, cy, r)[:, :, None]
+    image = image * (1 - alpha) + np.array(SHAPE_COLOURS[colour]) * alpha
+    if stamp:
+        patch, o = stamp_pattern(size)
+        image[o:o + patch.shape[0], o:o + patch.shape[1]] = patch
+    return image
+
+
+def to_uint8(images):
+    return np.clip(np.round(np.asarray(images) * 255), 0, 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The data set
+
+
+def all_combinations():
+    """Every (shape, colour, position) index triple, (4 * 5 * 4, 3)."""
+    grids = np.meshgrid(*[np.arange(len(v)) for v in VALUES], indexing="ij")
+    return np.stack([g.ravel() for g in grids], axis=1)
+
+
+def build_dataset(cfg: WorldConfig):
+    """Render the three training groups and the held-out prompts (the arrays of RUN/dataset.npz).
+
+    Returns a dict: images uint8 (N, H, W, 3) with every duplicate, captions (N,), group (N,), attributes (N, 3),
+    image_id (N,) (duplicates share it), attribute_names (3,), heldout_captions (M,), heldout_attributes (M, 3)."""
+    if cfg.num_titled > min(cfg.num_global, len(TITLES)):
+        raise ValueError(f"num_titled={cfg.num_titled} must be <= num_global={cfg.num_global} "
+                         f"and <= {len(TITLES)} (the number of title words)")
+    rng = np.random.default_rng(cfg.seed)
+    combos = all_combinations()
+    order = rng.permutation(len(combos))
+    heldout, train_combos = combos[order[:cfg.num_heldout_combos]], combos[order[cfg.num_heldout_combos:]]
+
+    items = []  # (image, caption, group, attributes, image_id)
+
+    def add(attributes, caption, group, copies=1, stamp=False):
+        image = to_uint8(render(attributes, rng, cfg.image_size, stamp=stamp))
+        image_id = len({it[4] for it in items}) if items else 0
+        items.extend([(image, caption, group, attributes, image_id)] * copies)
+
+    memorized_captions = set()
+    for k, idx in enumerate(rng.choice(len(train_combos), cfg.num_global, replace=False)):
+        title = TITLES[k] if k < cfg.num_titled else None
+        caption = make_caption(train_combos[idx], rng, title=title)
+        memorized_captions.add(caption)
+        add(train_combos[idx], caption, "global", copies=cfg.global_duplicates)
+    for _ in range(cfg.num_general):
+        attributes = train_combos[rng.integers(len(train_combos))]
+        caption = make_caption(attributes, rng)
+        while caption in memorized_captions:  # the memorized strings belong to their images alone
+            caption = make_caption(attributes, rng)
+        add(attributes, caption, "general")
+    for _ in range(cfg.num_local):
+        attributes = train_combos[rng.integers(len(train_combos))]
+        add(attributes, make_caption(attributes, rng, credit=CREDITS[0]), "local", stamp=True)
+
+    heldout_captions = [make_caption(a, rng) for a in heldout for _ in range(cfg.heldout_phrasings)]
+    images, captions, group, attributes, image_id = zip(*items)
+    return {
+        "images": np.stack(images),
+        "captions": np.array(captions),
+        "group": np.array(group),
+        "attributes": np.stack(attributes).astype(np.int64),
+        "image_id": np.array(image_id, dtype=np.int64),
+        "attribute_names": np.array(ATTRIBUTE_NAMES),
+        "heldout_captions": np.array(heldout_captions),
+        "heldout_attributes": np.repeat(heldout, cfg.heldout_phrasings, axis=0).astype(np.int64),
+    }
+
+
+def preview_grid(dataset, path, per_group=8, scale=4):
+    """Save a PNG: one row per group (general, global, local), `per_group` distinct images each, enlarged."""
+    from PIL import Image
+
+    rows = []
+    for g in ("general", "global", "local"):
+        ids = np.unique(dataset["image_id"][dataset["group"] == g])[:per_group]
+        first = [np.flatnonzero(dataset["image_id"] == i)[0] for i in ids]
+        row = [dataset["images"][j] for j in first]
+        row += [np.zeros_like(dataset["images"][0])] * (per_group - len(row))
+        rows.append(np.concatenate(row, axis=1))
+    grid = np.concatenate(rows, axis=0)
+    Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST).save(path)

@@ -1,0 +1,35 @@
+"""Shared pytest fixtures."""
+
+import pytest
+import torch
+
+from prss_mini import pipeline
+from prss_mini.config import make_config
+from prss_mini.pipeline import ToyPipeline
+from prss_mini.text_encoder import TextEncoder
+from prss_mini.unet import UNet
+
+
+@pytest.fixture(scope="session")
+def random_pipe():
+    """An untrained "tiny" pipeline, no run folder needed. The UNet's zero-initialised output conv is
+    re-initialised randomly so its predictions depend on the prompt (CFG, magnitudes and methods differ)."""
+    # Tiny models: one thread is faster than two fighting over shared cores (OpenMP spin-waits).
+    torch.set_num_threads(1)
+    cfg = make_config("tiny")
+    torch.manual_seed(0)
+    text_encoder = TextEncoder(pipeline.text_encoder_config(cfg))
+    unet = UNet(pipeline.unet_config(cfg))
+    for p in unet.conv_out.parameters():
+        torch.nn.init.normal_(p, std=0.02)
+    return ToyPipeline.from_modules(cfg, text_encoder, unet)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A run folder trained with the `tiny` preset, once per test session (about a minute on 2 cores)."""
+    import train_toy
+
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    train_toy.main(["--preset", "tiny", "--out", str(out)])
+    return out

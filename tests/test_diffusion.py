@@ -1,0 +1,240 @@
+"""The executable spec of prss_mini/diffusion.py: one rule per test, named as the rule."""
+import pytest
+import torch
+from torch import nn
+
+from prss_mini.diffusion import (
+    NoiseSchedule, add_noise, cfg_hook, classifier_free_guidance, ddim_step, ddpm_step,
+    diffusion_loss, predict_noise, predict_x0, sample, timesteps_for,
+)
+
+SHAPE = (2, 3, 4, 4)  # (B, C, H, W)
+
+
+class ToyModel(nn.Module):
+    """eps = 0.1 x + mean(context) + 0.001 t: deterministic, uses every input, counts its calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls, self.seen_contexts = 0, []
+
+    def forward(self, x, t, context):
+        self.calls += 1
+        self.seen_contexts.append(context.clone())
+        return 0.1 * x + context.mean(dim=(1, 2)).view(-1, 1, 1, 1) + 0.001 * t.view(-1, 1, 1, 1).float()
+
+
+def toy_hook(x_t, t, i):
+    return 0.1 * x_t + 0.01 * t
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+# ---- schedules ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["linear", "scaled_linear", "cosine"])
+def test_every_schedule_has_betas_in_open_unit_interval_and_decreasing_alphas_cumprod(name):
+    s = NoiseSchedule(1000, name)
+    assert s.betas.dtype == torch.float32 and s.betas.shape == (1000,)
+    assert (s.betas > 0).all() and (s.betas < 1).all()
+    assert (s.alphas_cumprod[1:] < s.alphas_cumprod[:-1]).all()
+    assert torch.allclose(s.alphas, 1 - s.betas)
+
+
+def test_linear_schedule_endpoints_match_ddpm():
+    s = NoiseSchedule(1000, "linear")
+    assert s.betas[0].item() == pytest.approx(1e-4) and s.betas[-1].item() == pytest.approx(0.02)
+
+
+def test_scaled_linear_schedule_endpoints_match_stable_diffusion():
+    s = NoiseSchedule(1000, "scaled_linear")
+    assert s.betas[0].item() == pytest.approx(0.00085) and s.betas[-1].item() == pytest.approx(0.012)
+
+
+def test_cosine_schedule_clips_betas_at_0_999():
+    s = NoiseSchedule(1000, "cosine")
+    assert s.betas.max().item() <= 0.999 + 1e-7
+
+
+def test_unknown_schedule_or_too_few_timesteps_raises_naming_allowed_values():
+    with pytest.raises(ValueError, match="scaled_linear"):
+        NoiseSchedule(1000, "quadratic")
+    with pytest.raises(ValueError, match=">= 2"):
+        NoiseSchedule(1, "linear")
+
+
+def test_schedule_to_returns_a_copy():
+    s = NoiseSchedule(10)
+    c = s.to("cpu")
+    assert c is not s and torch.equal(c.alphas_cumprod, s.alphas_cumprod) and c.num_train_timesteps == 10
+
+
+# ---- forward process and training loss ----------------------------------------------------
+
+def test_add_noise_of_zero_image_has_std_sqrt_one_minus_alpha_bar():
+    s, n = NoiseSchedule(1000), 20000
+    t = torch.full((n,), 500, dtype=torch.long)
+    x_t = add_noise(torch.zeros(n, 1, 1, 1), torch.randn(n, 1, 1, 1, generator=gen()), t, s)
+    assert x_t.std().item() == pytest.approx((1 - s.alphas_cumprod[500]).sqrt().item(), rel=0.03)
+
+
+def test_add_noise_of_constant_image_has_mean_sqrt_alpha_bar_times_constant():
+    s, n, c = NoiseSchedule(1000), 20000, 2.0
+    t = torch.full((n,), 300, dtype=torch.long)
+    x_t = add_noise(torch.full((n, 1, 1, 1), c), torch.randn(n, 1, 1, 1, generator=gen()), t, s)
+    assert x_t.mean().item() == pytest.approx(s.alphas_cumprod[300].sqrt().item() * c, abs=0.02)
+
+
+def test_diffusion_loss_is_a_scalar_reproducible_from_the_generator_seed():
+    s, x0 = NoiseSchedule(100), torch.randn(SHAPE, generator=gen(1))
+    ctx, null = torch.randn(2, 5, 8, generator=gen(2)), torch.zeros(1, 5, 8)
+    a = diffusion_loss(ToyModel(), x0, ctx, null, s, generator=gen(3))
+    b = diffusion_loss(ToyModel(), x0, ctx, null, s, generator=gen(3))
+    assert a.dim() == 0 and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("p, expect_null", [(1.0, True), (0.0, False)])
+def test_diffusion_loss_caption_dropout_replaces_context_by_null_context(p, expect_null):
+    s, model = NoiseSchedule(100), ToyModel()
+    ctx, null = torch.ones(2, 5, 8), torch.zeros(1, 5, 8)
+    diffusion_loss(model, torch.randn(SHAPE), ctx, null, s, cond_drop_prob=p, generator=gen())
+    assert torch.equal(model.seen_contexts[0], null.expand(2, 5, 8) if expect_null else ctx)
+
+
+# ---- single steps -------------------------------------------------------------------------
+
+def test_ddim_step_with_eta_zero_is_deterministic():
+    x, eps = torch.randn(SHAPE, generator=gen(1)), torch.randn(SHAPE, generator=gen(2))
+    assert torch.equal(ddim_step(x, eps, 0.5, 0.7), ddim_step(x, eps, 0.5, 0.7))
+
+
+def test_ddim_step_to_alpha_bar_one_returns_predicted_x0():
+    x, eps = torch.randn(SHAPE, generator=gen(1)), torch.randn(SHAPE, generator=gen(2))
+    assert torch.equal(ddim_step(x, eps, 0.3, 1.0), predict_x0(x, eps, 0.3))
+    noise = torch.randn(SHAPE, generator=gen(3))  # sigma is 0 on the last step, even with eta = 1
+    assert torch.equal(ddim_step(x, eps, torch.tensor(0.3), 1.0, eta=1.0, noise=noise), predict_x0(x, eps, 0.3))
+
+
+def test_predict_x0_inverts_add_noise():
+    s, x0, noise = NoiseSchedule(1000), torch.randn(SHAPE, generator=gen(1)), torch.randn(SHAPE, generator=gen(2))
+    x_t = add_noise(x0, noise, torch.tensor([400, 400]), s)
+    assert torch.allclose(predict_x0(x_t, noise, s.alphas_cumprod[400]), x0, atol=1e-5)
+
+
+def test_ddim_step_with_eta_positive_requires_noise():
+    with pytest.raises(ValueError, match="noise"):
+        ddim_step(torch.randn(SHAPE), torch.randn(SHAPE), 0.5, 0.7, eta=0.5)
+
+
+def test_ddpm_step_requires_noise_except_at_t0():
+    s = NoiseSchedule(20)
+    with pytest.raises(ValueError, match="noise"):
+        ddpm_step(torch.randn(SHAPE), torch.randn(SHAPE), 5, s)
+    ddpm_step(torch.randn(SHAPE), torch.randn(SHAPE), 0, s)  # final step is the mean, no noise
+
+
+# ---- timesteps and the sampling loop ------------------------------------------------------
+
+def test_timesteps_for_50_of_1000_runs_from_980_down_to_0():
+    ts = timesteps_for(50, NoiseSchedule(1000))
+    assert len(ts) == 50 and ts[0] == 980 and ts[1] == 960 and ts[-1] == 0
+
+
+@pytest.mark.parametrize("n", [0, 1001])
+def test_timesteps_for_out_of_range_raises(n):
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        timesteps_for(n, NoiseSchedule(1000))
+
+
+def test_sample_ddim_same_seed_gives_same_output_and_different_seed_differs():
+    s = NoiseSchedule(100)
+    a = sample(toy_hook, SHAPE, s, num_inference_steps=10, generator=gen(0))
+    b = sample(toy_hook, SHAPE, s, num_inference_steps=10, generator=gen(0))
+    c = sample(toy_hook, SHAPE, s, num_inference_steps=10, generator=gen(1))
+    assert a.shape == SHAPE and torch.equal(a, b) and not torch.allclose(a, c)
+
+
+def test_sample_calls_hook_with_int_timesteps_and_step_index():
+    s, calls = NoiseSchedule(100), []
+
+    def hook(x_t, t, i):
+        calls.append((t, i))
+        return torch.zeros_like(x_t)
+
+    sample(hook, SHAPE, s, num_inference_steps=4, generator=gen())
+    assert calls == [(75, 0), (50, 1), (25, 2), (0, 3)]
+
+
+def test_ddim_with_eta_one_over_all_steps_equals_ddpm():
+    s = NoiseSchedule(20, "linear")
+    ddim = sample(toy_hook, SHAPE, s, num_inference_steps=20, sampler="ddim", eta=1.0, generator=gen(7),
+                  clip_sample=False)
+    ddpm = sample(toy_hook, SHAPE, s, num_inference_steps=20, sampler="ddpm", generator=gen(7), clip_sample=False)
+    assert torch.allclose(ddim, ddpm, atol=1e-5)
+
+
+def test_ddpm_with_fewer_steps_than_training_raises():
+    with pytest.raises(ValueError, match="ddim"):
+        sample(toy_hook, SHAPE, NoiseSchedule(20), num_inference_steps=10, sampler="ddpm")
+
+
+def test_unknown_sampler_raises_naming_ddim_and_ddpm():
+    with pytest.raises(ValueError, match="ddim.*ddpm"):
+        sample(toy_hook, SHAPE, NoiseSchedule(20), sampler="euler")
+
+
+def test_sample_starts_from_given_x_T():
+    s, x_T = NoiseSchedule(20), torch.randn(SHAPE, generator=gen(4))
+    a = sample(toy_hook, SHAPE, s, num_inference_steps=5, x_T=x_T)
+    b = sample(toy_hook, SHAPE, s, num_inference_steps=5, generator=gen(4))  # same x_T from the same seed
+    assert torch.equal(a, b)
+
+
+# ---- classifier-free guidance -------------------------------------------------------------
+
+def test_cfg_scale_one_is_conditional_and_scale_zero_is_unconditional():
+    u, c = torch.randn(SHAPE, generator=gen(1)), torch.randn(SHAPE, generator=gen(2))
+    assert torch.allclose(classifier_free_guidance(u, c, 1.0), c)
+    assert torch.equal(classifier_free_guidance(u, c, 0.0), u)
+
+
+def test_predict_noise_batched_equals_per_context_calls_in_one_forward():
+    model, x = ToyModel(), torch.randn(SHAPE, generator=gen(1))
+    contexts = [torch.randn(2, 5, 8, generator=gen(2)), torch.randn(1, 5, 8, generator=gen(3))]
+    batched = predict_noise(model, x, 37, contexts)
+    assert model.calls == 1
+    t = torch.full((2,), 37, dtype=torch.long)
+    for eps, ctx in zip(batched, contexts):
+        assert torch.allclose(eps, model(x, t, ctx.expand(2, -1, -1)))
+
+
+def test_cfg_hook_matches_manual_cfg_with_one_model_call_per_step():
+    model, x = ToyModel(), torch.randn(SHAPE, generator=gen(1))
+    cond, uncond = torch.randn(2, 5, 8, generator=gen(2)), torch.zeros(1, 5, 8)
+    eps = cfg_hook(model, cond, uncond, guidance_scale=7.5)(x, 10, 0)
+    assert model.calls == 1
+    t = torch.full((2,), 10, dtype=torch.long)
+    expected = classifier_free_guidance(model(x, t, uncond.expand(2, -1, -1)), model(x, t, cond), 7.5)
+    assert torch.allclose(eps, expected, atol=1e-6)
+
+
+def test_clip_sample_keeps_the_predicted_x0_in_the_data_range():
+    x_t = torch.full((1, 3, 2, 2), 5.0)
+    eps = torch.zeros_like(x_t)
+    assert ddim_step(x_t, eps, 0.25, 1.0, clip_sample=True).max() == 1.0
+    assert ddim_step(x_t, eps, 0.25, 1.0, clip_sample=False).max() == 10.0
+
+
+def test_ddpm_clip_sample_equals_the_x0_form_posterior_mean():
+    """With clipping, DDPM's mean is sqrt(abar_prev) beta_t / (1 - abar_t) x0 + sqrt(alpha_t)(1 - abar_prev)/(1 - abar_t) x_t."""
+    s = NoiseSchedule(20)
+    t = 10
+    g = torch.Generator().manual_seed(0)
+    x_t, eps = torch.randn(2, 3, 4, 4, generator=g) * 3, torch.randn(2, 3, 4, 4, generator=g)
+    a_t, a_prev, b_t, al_t = (float(v) for v in (s.alphas_cumprod[t], s.alphas_cumprod[t - 1], s.betas[t], s.alphas[t]))
+    x0 = predict_x0(x_t, eps, a_t).clamp(-1, 1)
+    mean = a_prev ** 0.5 * b_t / (1 - a_t) * x0 + al_t ** 0.5 * (1 - a_prev) / (1 - a_t) * x_t
+    out = ddpm_step(x_t, eps, t, s, noise=torch.zeros_like(x_t), clip_sample=True)
+    assert torch.allclose(out, mean, atol=1e-5)

@@ -1,0 +1,160 @@
+"""PRSS's pure functions: memorization detection, Prompt Re-anchoring, Semantic Prompt Search."""
+
+import pytest
+import torch
+
+from prss_mini.diffusion import classifier_free_guidance
+from prss_mini.guidance import build_hook
+from prss_mini.guidance.detect import noise_magnitude
+from prss_mini.guidance.pr import prompt_reanchor
+from prss_mini.guidance.ss import semantic_search
+
+S, LAMBDA_PR, TAU = 5.0, 3.0, 5.0
+
+
+def predictions(seed=0, B=3):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(B, 3, 4, 4, generator=g) for _ in range(3)]  # eps_u, eps_p, eps_ss
+
+
+def with_magnitude(eps_u, direction, m):
+    """eps_ss = eps_u + a direction scaled so that ||eps_ss - eps_u|| = m for every sample."""
+    direction = direction / direction.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+    return eps_u + torch.as_tensor(m, dtype=eps_u.dtype).view(-1, 1, 1, 1) * direction
+
+
+def test_noise_magnitude_is_the_per_sample_l2_norm():
+    a, b = torch.zeros(2, 3, 4, 4), torch.zeros(2, 3, 4, 4)
+    a[0, 0, 0, 0], a[1] = 3.0, 1.0
+    assert torch.allclose(noise_magnitude(a, b), torch.tensor([3.0, 48 ** 0.5]))
+
+
+def test_pr_is_plain_cfg_below_lambda_pr():
+    eps_u, eps_p, d = predictions()
+    eps_ss = with_magnitude(eps_u, d, [1.0, 2.0, 2.9])
+    out = prompt_reanchor(eps_u, eps_p, eps_ss, S, LAMBDA_PR, TAU)
+    assert torch.allclose(out, classifier_free_guidance(eps_u, eps_ss, S))
+
+
+def test_pr_equals_cfg_on_the_target_at_lambda_pr():
+    """At m_t = lambda_PR the ramp starts: s_pr = 1, and eps_p + (eps_ss - eps_p) + (s - 1)(eps_ss - eps_u) is CFG."""
+    eps_u, eps_p, d = predictions()
+    eps_ss = with_magnitude(eps_u, d, [LAMBDA_PR + 1e-4] * 3)
+    out = prompt_reanchor(eps_u, eps_p, eps_ss, S, LAMBDA_PR, TAU)
+    assert torch.allclose(out, classifier_free_guidance(eps_u, eps_ss, S), atol=1e-3)
+
+
+def test_pr_is_full_reanchoring_from_tau_on():
+    eps_u, eps_p, d = predictions()
+    eps_ss = with_magnitude(eps_u, d, [TAU, TAU + 1, 10 * TAU])
+    out = prompt_reanchor(eps_u, eps_p, eps_ss, S, LAMBDA_PR, TAU)
+    assert torch.allclose(out, eps_p + S * (eps_ss - eps_p), atol=1e-5)
+
+
+def test_pr_ramp_is_linear_between_lambda_pr_and_tau():
+    eps_u, eps_p, d = predictions(B=1)
+    m = (LAMBDA_PR + TAU) / 2
+    eps_ss = with_magnitude(eps_u, d, [m])
+    s_pr = 1 + (S - 1) * 0.5
+    expected = eps_p + s_pr * (eps_ss - eps_p) + (S - s_pr) * (eps_ss - eps_u)
+    assert torch.allclose(prompt_reanchor(eps_u, eps_p, eps_ss, S, LAMBDA_PR, TAU), expected, atol=1e-5)
+
+
+def test_pr_decides_per_sample():
+    eps_u, eps_p, d = predictions(B=2)
+    eps_ss = with_magnitude(eps_u, d, [1.0, 10 * TAU])
+    out = prompt_reanchor(eps_u, eps_p, eps_ss, S, LAMBDA_PR, TAU)
+    assert torch.allclose(out[0], classifier_free_guidance(eps_u, eps_ss, S)[0])
+    assert torch.allclose(out[1], (eps_p + S * (eps_ss - eps_p))[1], atol=1e-5)
+
+
+@pytest.mark.parametrize("lambda_pr, tau", [(3.0, 3.0), (3.0, 2.0), (-1.0, 2.0)])
+def test_pr_rejects_bad_thresholds(lambda_pr, tau):
+    eps_u, eps_p, eps_ss = predictions()
+    with pytest.raises(ValueError, match="tau|>= 0"):
+        prompt_reanchor(eps_u, eps_p, eps_ss, S, lambda_pr, tau)
+
+
+class FakeMagnitudes:
+    """magnitude_fn for SS tests: a fixed table, and a log of what was asked."""
+
+    def __init__(self, table):
+        self.table, self.asked = table, []
+
+    def __call__(self, prompts):
+        self.asked += prompts
+        return [self.table[p] for p in prompts]
+
+
+def test_ss_passes_untriggered_prompts_through():
+    fn = FakeMagnitudes({"p": 0.5, "a": 0.1})
+    result = semantic_search("p", ["a"], fn, lambda_ss=1.0)
+    assert (result.prompt, result.triggered) == ("p", False)
+    assert fn.asked == ["p"]  # no candidate was scored
+
+
+def test_ss_stops_at_the_first_candidate_under_lambda_ss():
+    fn = FakeMagnitudes({"p": 5.0, "a": 3.0, "b": 0.9, "c": 0.1})
+    result = semantic_search("p", ["a", "b", "c"], fn, lambda_ss=1.0)
+    assert (result.prompt, result.triggered) == ("b", True)
+    assert fn.asked == ["p", "a", "b"]  # early stop: c was never scored
+
+
+def test_ss_falls_back_to_the_smallest_magnitude():
+    fn = FakeMagnitudes({"p": 5.0, "a": 3.0, "b": 2.0})
+    assert semantic_search("p", ["a", "b"], fn, lambda_ss=1.0).prompt == "b"
+
+
+def test_ss_fallback_includes_the_original_prompt():
+    fn = FakeMagnitudes({"p": 2.0, "a": 3.0, "b": 4.0})
+    result = semantic_search("p", ["a", "b"], fn, lambda_ss=1.0)
+    assert (result.prompt, result.triggered) == ("p", True)
+
+
+def test_ss_with_no_candidates_keeps_the_prompt():
+    result = semantic_search("p", [], FakeMagnitudes({"p": 5.0}), lambda_ss=1.0)
+    assert (result.prompt, result.triggered) == ("p", True)
+    assert result.magnitudes == {"p": 5.0}
+
+
+def test_ss_rejects_a_negative_threshold():
+    with pytest.raises(ValueError, match="lambda_ss"):
+        semantic_search("p", [], FakeMagnitudes({"p": 1.0}), lambda_ss=-1.0)
+
+
+def test_unknown_method_is_a_clear_error(random_pipe):
+    with pytest.raises(ValueError, match="unknown method 'nope'.*prss"):
+        build_hook("nope", random_pipe, "a red circle", torch.zeros(1, 3, 16, 16), 5.0)
+
+
+def test_prss_without_a_trigger_gives_the_cfg_images(random_pipe):
+    prompt = "a red circle in the top left"
+    kw = dict(num_images=2, seed=3, num_inference_steps=5)
+    cfg = random_pipe.generate(prompt, method="cfg", **kw)
+    prss, info = random_pipe.generate(prompt, method="prss", lambda_ss=1e9, lambda_pr=1.0, tau=2.0,
+                                      return_info=True, **kw)
+    assert info["triggered"] == [False, False]
+    assert (cfg == prss).all()
+
+
+def test_prss_triggered_uses_a_paraphrase_and_changes_the_images(random_pipe):
+    prompt = "a red circle in the top left"
+    kw = dict(num_images=2, seed=3, num_inference_steps=5)
+    cfg = random_pipe.generate(prompt, method="cfg", **kw)
+    prss, info = random_pipe.generate(prompt, method="prss", lambda_ss=0.0, lambda_pr=0.0, tau=1e-6,
+                                      return_info=True, **kw)
+    assert info["triggered"] == [True, True]
+    assert all(p != prompt for p in info["prompt"])
+    assert (cfg != prss).any()
+
+
+@pytest.mark.parametrize("method", ["pr", "ss"])
+def test_ablations_run(random_pipe, method):
+    images = random_pipe.generate("a red circle in the top left", method=method, num_images=2,
+                                  num_inference_steps=3, lambda_ss=0.0, lambda_pr=0.0, tau=1.0)
+    assert images.shape == (2, 16, 16, 3)
+
+
+def test_prss_needs_thresholds_when_the_pipe_has_none(random_pipe):
+    with pytest.raises(ValueError, match="calibrated thresholds"):
+        random_pipe.generate("a red circle in the top left", method="prss", num_images=1, num_inference_steps=2)

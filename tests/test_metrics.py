@@ -1,0 +1,110 @@
+"""The executable spec of prss_mini/metrics.py: one rule per test, named as the rule."""
+import numpy as np
+import pytest
+
+from prss_mini.metrics import (
+    copy_rate, is_copy, nearest_training, ratio_copy, roc_auc, roc_curve, stamp_present,
+    unique_training_images,
+)
+from prss_mini.world import WorldConfig, all_combinations, build_dataset, render, to_uint8
+
+
+def renders(n, seed, stamp=False, combos=None):
+    rng = np.random.default_rng(seed)
+    combos = all_combinations() if combos is None else combos
+    return to_uint8(np.stack([render(combos[rng.integers(len(combos))], rng, 16, stamp=stamp) for _ in range(n)]))
+
+
+def perturb(images, std, seed):
+    """Gaussian noise of `std` in [-1, 1] units, as uint8 again."""
+    x = images / 127.5 - 1 + np.random.default_rng(seed).normal(0, std, images.shape)
+    return np.round((np.clip(x, -1, 1) + 1) * 127.5).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def world():
+    """The default (calibration) world: its distinct training images and their attributes."""
+    data = build_dataset(WorldConfig())
+    images, _, _ = unique_training_images(data)
+    return images, data["attributes"][np.unique(data["image_id"], return_index=True)[1]]
+
+
+def test_unique_training_images_keeps_one_image_per_id():
+    data = build_dataset(WorldConfig(num_general=20, num_global=2, global_duplicates=5, num_titled=1, num_local=3))
+    images, ids, group = unique_training_images(data)
+    assert len(images) == len(ids) == len(group) == len(np.unique(data["image_id"])) == 25
+    assert (np.sort(ids) == np.unique(data["image_id"])).all()
+
+
+def test_exact_copy_has_similarity_one_and_passes_ratio_test():
+    train = renders(50, seed=0)
+    out = nearest_training(train[:5], train)
+    assert np.allclose(out["similarity"], 1) and (out["index"] == np.arange(5)).all()
+    assert is_copy(out["similarity"]).all() and ratio_copy(out["d1"], out["d2"]).all()
+
+
+def test_fresh_renders_are_below_copy_threshold(world):
+    train, attributes = world  # new backgrounds, of training and of unseen combinations: not copies
+    fresh = np.concatenate([renders(150, seed=1, combos=attributes), renders(150, seed=2)])
+    out = nearest_training(fresh, train)
+    assert copy_rate(is_copy(out["similarity"])) <= 0.03  # calibrated: ~1% look alike (same colour and place)
+    assert np.median(out["similarity"]) < 0.2 and not ratio_copy(out["d1"], out["d2"]).any()
+
+
+def test_noisy_and_shifted_copies_are_above_copy_threshold(world):
+    train, _ = world
+    originals = train[np.random.default_rng(3).choice(len(train), 200, replace=False)]
+    shifted = np.pad(originals, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")[:, :16, 2:]  # down 1, left 1
+    for copies in (perturb(originals, 0.1, seed=4), perturb(originals, 0.2, seed=5), shifted):
+        assert copy_rate(is_copy(nearest_training(copies, train)["similarity"])) >= 0.98
+
+
+def test_d2_is_to_a_different_image_than_d1():
+    train = renders(40, seed=6)
+    out = nearest_training(perturb(train[:10], 0.05, seed=7), train)
+    assert (out["d_index"][:, 0] != out["d_index"][:, 1]).all() and (out["d2"] >= out["d1"]).all()
+    assert (out["d_index"][:, 0] == np.arange(10)).all()  # a light perturbation stays nearest its original
+
+
+def test_ratio_copy_is_d1_below_a_third_of_d2():
+    assert ratio_copy([0.0, 1.0, 1.0, 1.0], [1.0, 3.1, 3.0, 2.0]).tolist() == [True, True, False, False]
+
+
+def test_stamp_present_on_stamped_renders_and_absent_on_unstamped():
+    assert stamp_present(renders(300, seed=8, stamp=True)).all()
+    assert not stamp_present(renders(300, seed=9, stamp=False)).any()  # shapes that overlap the centre included
+
+
+def test_roc_auc_perfect_reversed_identical():
+    assert roc_auc([2, 3, 4], [0, 1]) == 1.0
+    assert roc_auc([0, 1], [2, 3, 4]) == 0.0
+    assert roc_auc([1, 1, 1], [1, 1]) == 0.5
+
+
+def test_roc_auc_matches_brute_force_pair_count():
+    rng = np.random.default_rng(10)
+    pos, neg = rng.integers(0, 8, 40), rng.integers(0, 6, 30)  # small integers: many ties
+    brute = np.mean([(p > n) + 0.5 * (p == n) for p in pos for n in neg])
+    assert roc_auc(pos, neg) == pytest.approx(brute)
+
+
+def test_roc_curve_runs_from_origin_to_corner_and_its_area_is_the_auc():
+    rng = np.random.default_rng(11)
+    pos, neg = rng.normal(1, 1, 50), rng.normal(0, 1, 60)
+    fpr, tpr = roc_curve(pos, neg)
+    assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0, 0, 1, 1)
+    assert (np.diff(fpr) >= 0).all() and (np.diff(tpr) >= 0).all()
+    assert np.trapezoid(tpr, fpr) == pytest.approx(roc_auc(pos, neg))
+
+
+def test_bad_images_raise_value_error():
+    good = renders(3, seed=12)
+    for bad in (good.astype(np.float32), good[0], good[..., :2], list(good)):
+        with pytest.raises(ValueError):
+            nearest_training(bad, good)
+        with pytest.raises(ValueError):
+            stamp_present(bad)
+    with pytest.raises(ValueError):
+        ratio_copy([1.0, 2.0], [3.0])
+    with pytest.raises(ValueError):
+        roc_auc([], [1.0])

@@ -1,0 +1,52 @@
+import pytest
+
+from prss_mini.guidance.paraphrase import paraphrases, same_meaning
+from prss_mini.text_encoder import Tokenizer
+
+PLAIN = "a red circle in the top left"
+TITLED = "zorvex : a blue square at the bottom right"
+CREDITED = "a green triangle in the top right , photo by acme"
+
+
+@pytest.mark.parametrize("prompt", [PLAIN, TITLED, CREDITED])
+def test_paraphrases_keep_meaning_and_differ_from_prompt(prompt):
+    out = paraphrases(prompt, n=25, seed=0)
+    assert len(out) == 25
+    assert all(same_meaning(p, prompt) for p in out)
+    assert all(" ".join(Tokenizer.split(p)) != " ".join(Tokenizer.split(prompt)) for p in out)
+
+
+def test_paraphrases_are_distinct():
+    out = paraphrases(PLAIN, n=25, seed=0)
+    assert len(set(out)) == len(out)
+
+
+def test_paraphrases_deterministic_for_a_seed():
+    assert paraphrases(CREDITED, seed=3) == paraphrases(CREDITED, seed=3)
+    assert paraphrases(CREDITED, seed=3) != paraphrases(CREDITED, seed=4)
+
+
+def test_paraphrases_keep_title_word_and_credit():
+    assert all(p.split()[0] == "zorvex" for p in paraphrases(TITLED))
+    assert all("acme" in p.split() for p in paraphrases(CREDITED))
+    assert not any("acme" in p.split() for p in paraphrases(PLAIN))
+
+
+def test_paraphrases_fit_the_tokenizer():
+    tok = Tokenizer()
+    tok(paraphrases("zorvex : a picture of a crimson disc toward the top left corner , acme photo"))
+
+
+def test_unknown_grammar_prompt_raises():
+    with pytest.raises(ValueError, match="toy grammar"):
+        paraphrases("a red thing somewhere")          # no shape, no position
+    with pytest.raises(ValueError, match="candidate"):
+        paraphrases("an astronaut riding a red circle in the top left")   # words outside the grammar
+
+
+def test_same_meaning_rules():
+    assert same_meaning(PLAIN, "an image of a scarlet dot at the upper left")
+    assert not same_meaning(PLAIN, "a red circle in the top right")
+    assert not same_meaning(PLAIN, "zorvex : " + PLAIN)
+    assert not same_meaning(PLAIN, PLAIN + " , photo by acme")
+    assert same_meaning(CREDITED, "a green triangle in the top right , acme photo")

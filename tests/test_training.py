@@ -1,0 +1,85 @@
+"""train_toy.py: config handling, interruption and resume, clear errors, and the end-to-end tiny run."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import train_toy
+from prss_mini.checkpoint import CheckpointError, load_checkpoint, save_atomic
+from prss_mini.config import make_config, parse_overrides
+
+
+def test_overrides_are_typed_like_the_config():
+    assert parse_overrides(["--train_steps", "5", "--lr", "0.01", "--channel_mults", "1,2"]) == \
+        {"train_steps": 5, "lr": 0.01, "channel_mults": (1, 2)}
+
+
+def test_unknown_override_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown option '--nope'"):
+        parse_overrides(["--nope", "1"])
+
+
+def test_unknown_preset_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown preset"):
+        make_config("huge")
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    path = tmp_path / "unet.pt"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(str(path))
+
+
+def test_checkpoint_from_another_config_is_a_clear_error(tmp_path):
+    path = str(tmp_path / "unet.pt")
+    save_atomic({"model": {}, "config": {"lr": 1.0}}, path)
+    with pytest.raises(CheckpointError, match="another config.*lr"):
+        load_checkpoint(path, {"lr": 2.0})
+
+
+def test_rerun_with_other_options_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"preset": "tiny", "lr": 123.0}))
+    with pytest.raises(SystemExit):
+        train_toy.main(["--preset", "tiny", "--out", str(tmp_path)])
+
+
+TINY_FAST = ["--num_general", "40", "--num_global", "2", "--global_duplicates", "4", "--num_titled", "1",
+             "--num_local", "4", "--clip_steps", "5", "--train_steps", "6", "--checkpoint_every", "3",
+             "--sample_every", "100", "--judge_steps", "2", "--num_inference_steps", "2"]
+
+
+def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    """Kill after 3 of 6 steps, rerun the same command: the weights equal an uninterrupted run's."""
+    straight = tmp_path / "straight"
+    train_toy.main(["--preset", "tiny", "--out", str(straight)] + TINY_FAST)
+
+    resumed = tmp_path / "resumed"
+    real_save = train_toy.save_atomic
+
+    def save_then_die(obj, path):
+        real_save(obj, path)
+        if obj.get("step") == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_toy, "save_atomic", save_then_die)
+    with pytest.raises(SystemExit, match="interrupted"):
+        train_toy.main(["--preset", "tiny", "--out", str(resumed)] + TINY_FAST)
+    assert not (resumed / "unet.pt").exists() and (resumed / "unet_train.pt").exists()
+    monkeypatch.setattr(train_toy, "save_atomic", real_save)
+    train_toy.main(["--preset", "tiny", "--out", str(resumed)] + TINY_FAST)
+
+    a = torch.load(straight / "unet.pt", weights_only=True)["model"]
+    b = torch.load(resumed / "unet.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_tiny_run_writes_every_artefact(tiny_run):
+    for name in ("config.json", "dataset.npz", "preview.png", "text_encoder.pt", "unet.pt", "judges.pt",
+                 "loss.png"):
+        assert (tiny_run / name).exists(), name
+    with np.load(tiny_run / "dataset.npz", allow_pickle=False) as data:
+        assert set(data["group"]) == {"general", "global", "local"}

@@ -1,0 +1,196 @@
+"""Train everything a prss-mini run needs, in one command.
+
+    python train_toy.py --preset cpu --out runs/cpu          # ~10 minutes on 2 CPU cores
+    python train_toy.py --preset tiny --out runs/tiny        # ~1 minute: for tests and a first look
+    python train_toy.py --preset cpu --out runs/cpu --train_steps 5000   # any Config field as --key value
+
+Stages, each written to the run folder and skipped when already done (rerun the same command to resume):
+    1. dataset.npz       the toy world (prss_mini/world.py) and preview.png
+    2. text_encoder.pt   CLIP-style pre-training of the text encoder, then frozen (as SD freezes CLIP)
+    3. unet.pt           the diffusion model; unet_train.pt holds the in-progress state, saved atomically
+    4. judges.pt         attribute classifier and judge CLIP, trained apart from the model under test
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+from prss_mini.checkpoint import CheckpointError, load_checkpoint, save_atomic, write_json_atomic
+from prss_mini.config import PRESETS, make_config, parse_overrides, to_dict
+from prss_mini.diffusion import NoiseSchedule, diffusion_loss
+from prss_mini.pipeline import images_to_tensor, tensor_to_images, text_encoder_config, unet_config
+from prss_mini.text_encoder import ImageEncoder, TextEncoder, Tokenizer, train_clip
+from prss_mini.unet import UNet, count_parameters
+from prss_mini.world import WorldConfig, build_dataset, preview_grid
+
+
+def stage_dataset(cfg, out):
+    path = os.path.join(out, "dataset.npz")
+    if os.path.exists(path):
+        with np.load(path, allow_pickle=False) as f:
+            return dict(f)
+    world = WorldConfig(image_size=cfg.image_size, num_general=cfg.num_general, num_global=cfg.num_global,
+                        global_duplicates=cfg.global_duplicates, num_titled=cfg.num_titled,
+                        num_local=cfg.num_local, num_heldout_combos=cfg.num_heldout_combos, seed=cfg.seed)
+    data = build_dataset(world)
+    np.savez(path + ".tmp.npz", **data)
+    os.replace(path + ".tmp.npz", path)
+    preview_grid(data, os.path.join(out, "preview.png"))
+    print(f"[1/4] dataset: {len(data['images'])} training items "
+          f"({len(np.unique(data['image_id']))} distinct images), preview.png")
+    return data
+
+
+def stage_text_encoder(cfg, out, data, device):
+    path = os.path.join(out, "text_encoder.pt")
+    torch.manual_seed(cfg.seed)  # the modules' initial weights
+    encoder = TextEncoder(text_encoder_config(cfg))
+    if os.path.exists(path):
+        encoder.load_state_dict(load_checkpoint(path, to_dict(cfg))["model"])
+        return encoder.to(device)
+    encoder.to(device)
+    image_encoder = ImageEncoder(embed_dim=encoder.cfg.embed_dim).to(device)
+    _, first = np.unique(data["image_id"], return_index=True)  # one (image, caption) pair per distinct image
+    losses = train_clip(encoder, image_encoder, images_to_tensor(data["images"][first]), data["captions"][first],
+                        Tokenizer(), steps=cfg.clip_steps, generator=torch.Generator().manual_seed(cfg.seed),
+                        device=device)
+    save_atomic({"model": encoder.state_dict(), "losses": losses, "config": to_dict(cfg)}, path)
+    print(f"[2/4] text encoder: CLIP loss {losses[0]:.3f} -> {np.mean(losses[-20:]):.3f}")
+    return encoder
+
+
+def save_progress_figures(out, losses, unet, cfg, contexts, null, schedule, step, device):
+    """loss.png, and a grid of samples for a few training captions (first row: memorized ones)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    from prss_mini.diffusion import cfg_hook, sample
+
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.plot(losses, lw=0.5, alpha=0.4)
+    k = max(1, len(losses) // 50)
+    ax.plot(np.arange(len(losses) - k + 1) + k // 2, np.convolve(losses, np.ones(k) / k, "valid"), lw=1.5)
+    ax.set(xlabel="step", ylabel="eps-MSE", yscale="log", title="diffusion training loss")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "loss.png"), dpi=100)
+    plt.close(fig)
+    unet.eval()
+    x = sample(cfg_hook(unet, contexts, null, cfg.guidance_scale), (len(contexts), 3, cfg.image_size, cfg.image_size),
+               schedule, cfg.num_inference_steps, generator=torch.Generator().manual_seed(0), device=device)
+    unet.train()
+    grid = np.concatenate(list(tensor_to_images(x)), axis=1)
+    Image.fromarray(grid).resize((grid.shape[1] * 4, grid.shape[0] * 4), Image.NEAREST).save(
+        os.path.join(out, f"samples_{step:06d}.png"))
+
+
+def stage_unet(cfg, out, data, encoder, device):
+    final_path, state_path = os.path.join(out, "unet.pt"), os.path.join(out, "unet_train.pt")
+    if os.path.exists(final_path):
+        return
+    tokenizer = Tokenizer()
+    with torch.no_grad():  # the text encoder is frozen: embed every distinct caption once
+        captions, caption_index = np.unique(data["captions"], return_inverse=True)
+        contexts = torch.cat([encoder(tokenizer(list(captions[i:i + 512])).to(device))[0]
+                              for i in range(0, len(captions), 512)])                     # (U, L, D)
+        null = encoder(tokenizer([""]).to(device))[0]                                      # (1, L, D)
+    images = images_to_tensor(data["images"]).to(device)                                  # (N, 3, H, W)
+    caption_index = torch.as_tensor(caption_index, device=device)
+
+    torch.manual_seed(cfg.seed)
+    unet = UNet(unet_config(cfg)).to(device)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
+    # cosine decay to 10% of lr: settles the weights so late samples are stable
+    lr_at = lambda s: cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s / cfg.train_steps, 1.0))))
+    generator = torch.Generator().manual_seed(cfg.seed)
+    schedule = NoiseSchedule(1000, cfg.beta_schedule).to(device)
+    step, losses = 0, []
+    if os.path.exists(state_path):
+        state = load_checkpoint(state_path, to_dict(cfg))
+        unet.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        step, losses = state["step"], list(state["losses"])
+        print(f"[3/4] resuming UNet training at step {step}")
+    print(f"[3/4] UNet: {count_parameters(unet) / 1e6:.2f}M parameters, {cfg.train_steps} steps")
+    show = torch.as_tensor(np.concatenate([np.flatnonzero(data["group"] == g)[::k][:4] for g, k in
+                                           (("global", cfg.global_duplicates), ("general", 1), ("local", 1))]))
+    from tqdm.auto import tqdm
+    bar = tqdm(range(step, cfg.train_steps), initial=step, total=cfg.train_steps, desc="UNet training")
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step)
+        batch = torch.randint(len(images), (cfg.batch_size,), generator=generator).to(device)
+        loss = diffusion_loss(unet, images[batch], contexts[caption_index[batch]], null, schedule,
+                              cfg.cond_drop_prob, generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+        done = step + 1
+        if done % cfg.checkpoint_every == 0 or done == cfg.train_steps:
+            save_atomic({"model": unet.state_dict(), "optimizer": optimizer.state_dict(),
+                         "generator": generator.get_state(), "step": done, "losses": losses,
+                         "config": to_dict(cfg)}, state_path)
+        if done % cfg.sample_every == 0 or done == cfg.train_steps:
+            save_progress_figures(out, losses, unet, cfg, contexts[caption_index[show]], null, schedule, done, device)
+    save_atomic({"model": unet.state_dict(), "losses": losses, "config": to_dict(cfg)}, final_path)
+    os.remove(state_path)
+    print(f"[3/4] UNet: loss {np.mean(losses[:50]):.4f} -> {np.mean(losses[-200:]):.4f}; loss.png, samples_*.png")
+
+
+def stage_judges(cfg, out):
+    path = os.path.join(out, "judges.pt")
+    if os.path.exists(path):
+        return
+    from prss_mini.judges import train_judges
+    judges = train_judges(cfg)
+    save_atomic(judges, path)
+    print(f"[4/4] judges: attribute accuracy on fresh renders {judges['accuracy']:.3f}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
+    parser.add_argument("--out", required=True, help="run folder (created; rerun with the same folder to resume)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args, rest = parser.parse_known_args(argv)
+    try:
+        cfg = make_config(args.preset, **parse_overrides(rest))
+    except ValueError as e:
+        parser.error(str(e))
+    os.makedirs(args.out, exist_ok=True)
+    config_path = os.path.join(args.out, "config.json")
+    if os.path.exists(config_path):
+        with open(config_path) as f:
+            old = json.load(f)
+        diff = sorted(k for k in set(old) | set(to_dict(cfg)) if old.get(k) != to_dict(cfg).get(k))
+        if diff:
+            parser.error(f"{args.out} holds a run made with other options ({', '.join(diff)} differ). "
+                         f"Use the same preset and options to resume, or another --out.")
+    write_json_atomic(to_dict(cfg), config_path)
+
+    start = time.time()
+    try:
+        data = stage_dataset(cfg, args.out)
+        encoder = stage_text_encoder(cfg, args.out, data, args.device)
+        encoder.eval().requires_grad_(False)
+        stage_unet(cfg, args.out, data, encoder, args.device)
+        stage_judges(cfg, args.out)
+    except CheckpointError as e:
+        sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted: rerun the same command to resume from the last checkpoint")
+    print(f"done in {time.time() - start:.0f} s: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
