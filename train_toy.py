@@ -24,7 +24,7 @@ import torch
 from prss_mini.checkpoint import CheckpointError, load_checkpoint, save_atomic, write_json_atomic
 from prss_mini.config import PRESETS, make_config, parse_overrides, to_dict
 from prss_mini.diffusion import NoiseSchedule, diffusion_loss
-from prss_mini.pipeline import images_to_tensor, tensor_to_images, text_encoder_config, unet_config
+from prss_mini.pipeline import as_epsilon_model, images_to_tensor, tensor_to_images, text_encoder_config, unet_config
 from prss_mini.text_encoder import ImageEncoder, TextEncoder, Tokenizer, train_clip
 from prss_mini.unet import UNet, count_parameters
 from prss_mini.world import WorldConfig, build_dataset, preview_grid
@@ -83,7 +83,7 @@ def save_progress_figures(out, losses, unet, cfg, contexts, null, schedule, step
     fig.savefig(os.path.join(out, "loss.png"), dpi=100)
     plt.close(fig)
     unet.eval()
-    x = sample(cfg_hook(unet, contexts, null, cfg.guidance_scale), (len(contexts), 3, cfg.image_size, cfg.image_size),
+    x = sample(cfg_hook(as_epsilon_model(unet, cfg, schedule), contexts, null, cfg.guidance_scale), (len(contexts), 3, cfg.image_size, cfg.image_size),
                schedule, cfg.num_inference_steps, generator=torch.Generator().manual_seed(0), device=device)
     unet.train()
     grid = np.concatenate(list(tensor_to_images(x)), axis=1)
@@ -129,7 +129,7 @@ def stage_unet(cfg, out, data, encoder, device):
             group["lr"] = lr_at(step)
         batch = torch.randint(len(images), (cfg.batch_size,), generator=generator).to(device)
         loss = diffusion_loss(unet, images[batch], contexts[caption_index[batch]], null, schedule,
-                              cfg.cond_drop_prob, generator)
+                              cfg.cond_drop_prob, generator, cfg.prediction_type)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

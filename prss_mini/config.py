@@ -32,6 +32,7 @@ class Config:
     attn_levels: tuple = (2,)
     # diffusion training (prss_mini/diffusion.py)
     beta_schedule: str = "scaled_linear"
+    prediction_type: str = "epsilon"  # or "v_prediction" (diffusers' names)
     train_steps: int = 4500
     batch_size: int = 64
     lr: float = 1e-3

@@ -71,8 +71,34 @@ def add_noise(x0, noise, t, schedule):
     return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
 
 
-def diffusion_loss(model, x0, context, null_context, schedule, cond_drop_prob=0.1, generator=None):
-    """Epsilon-prediction loss ||eps - eps_theta(x_t, t, c)||^2 (DDPM Algorithm 1, eq. 14).
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+def v_target(x0, noise, t, schedule):
+    """v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0 (Salimans & Ho 2022, "v-prediction"; Stable Diffusion 2)."""
+    abar = schedule.alphas_cumprod.to(x0.device)[t].view(-1, 1, 1, 1)                  # (B, 1, 1, 1)
+    return abar.sqrt() * noise - (1 - abar).sqrt() * x0
+
+
+class EpsilonModel(torch.nn.Module):
+    """Wraps a v-predicting network so that it returns eps: eps = sqrt(abar_t) v + sqrt(1 - abar_t) x_t.
+
+    Sampling and every guidance method work on eps, whatever the network was trained to predict."""
+
+    def __init__(self, model, schedule):
+        super().__init__()
+        self.model, self.schedule = model, schedule
+
+    def forward(self, x_t, t, context):
+        abar = self.schedule.alphas_cumprod.to(x_t.device)[t].view(-1, 1, 1, 1)          # (B, 1, 1, 1)
+        return abar.sqrt() * self.model(x_t, t, context) + (1 - abar).sqrt() * x_t
+
+
+def diffusion_loss(model, x0, context, null_context, schedule, cond_drop_prob=0.1, generator=None,
+                   prediction_type="epsilon"):
+    """Epsilon-prediction loss ||eps - eps_theta(x_t, t, c)||^2 (DDPM Algorithm 1, eq. 14), or, with
+    prediction_type="v_prediction", ||v - v_theta(x_t, t, c)||^2: at high noise v is about -x0, so the network
+    predicts the image itself where an eps error would be amplified 1 / sqrt(abar_t) times.
 
     With probability cond_drop_prob per sample the caption is replaced by the empty caption,
     so one network learns both eps(x, c) and eps(x, null) as CFG needs (Ho & Salimans sec. 3.2).
@@ -86,8 +112,11 @@ def diffusion_loss(model, x0, context, null_context, schedule, cond_drop_prob=0.
     noise = _randn(x0.shape, generator, device)                                               # (B, C, H, W)
     drop = (torch.rand(B, generator=generator) < cond_drop_prob).to(device)                   # (B,)
     context = torch.where(drop.view(B, 1, 1), null_context.expand_as(context), context)       # (B, L, D)
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"unknown prediction_type {prediction_type!r}; use one of {PREDICTION_TYPES}")
     x_t = add_noise(x0, noise, t, schedule)
-    return F.mse_loss(model(x_t, t, context), noise)
+    target = noise if prediction_type == "epsilon" else v_target(x0, noise, t, schedule)
+    return F.mse_loss(model(x_t, t, context), target)
 
 
 def predict_x0(x_t, eps, alpha_bar_t):

@@ -12,7 +12,7 @@ import torch
 
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import from_dict, to_dict
-from .diffusion import NoiseSchedule, sample
+from .diffusion import EpsilonModel, NoiseSchedule, sample
 from .text_encoder import TextEncoder, TextEncoderConfig, Tokenizer
 from .unet import UNet, UNetConfig
 
@@ -25,6 +25,11 @@ def unet_config(cfg):
     return UNetConfig(image_size=cfg.image_size, base_channels=cfg.base_channels,
                       channel_mults=tuple(cfg.channel_mults), num_res_blocks=cfg.num_res_blocks,
                       attn_levels=tuple(cfg.attn_levels), context_dim=cfg.text_dim)
+
+
+def as_epsilon_model(unet, config, schedule):
+    """The network as an eps predictor, whatever it was trained to predict (config.prediction_type)."""
+    return EpsilonModel(unet, schedule) if config.prediction_type == "v_prediction" else unet
 
 
 def read_config(run_dir):
@@ -73,10 +78,9 @@ class ToyPipeline:
     def _setup(self, config, text_encoder, unet, device, run_dir):
         self.config, self.device, self.run_dir = config, device, run_dir
         self.tokenizer = Tokenizer()
-        self.text_encoder, self.unet = text_encoder, unet
-        self.text_encoder.to(device).eval().requires_grad_(False)
-        self.unet.to(device).eval().requires_grad_(False)
         self.schedule = NoiseSchedule(1000, self.config.beta_schedule).to(device)
+        self.text_encoder = text_encoder.to(device).eval().requires_grad_(False)
+        self.unet = as_epsilon_model(unet.to(device).eval().requires_grad_(False), config, self.schedule)
         self.image_shape = (3, self.config.image_size, self.config.image_size)
         self._dataset = None
 

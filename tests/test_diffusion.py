@@ -238,3 +238,21 @@ def test_ddpm_clip_sample_equals_the_x0_form_posterior_mean():
     mean = a_prev ** 0.5 * b_t / (1 - a_t) * x0 + al_t ** 0.5 * (1 - a_prev) / (1 - a_t) * x_t
     out = ddpm_step(x_t, eps, t, s, noise=torch.zeros_like(x_t), clip_sample=True)
     assert torch.allclose(out, mean, atol=1e-5)
+
+
+def test_epsilon_model_turns_an_exact_v_prediction_into_the_exact_eps():
+    from prss_mini.diffusion import EpsilonModel, v_target
+    s = NoiseSchedule(1000, "scaled_linear")
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(4, 3, 4, 4, generator=g), torch.randn(4, 3, 4, 4, generator=g)
+    t = torch.tensor([0, 300, 700, 999])
+    x_t = add_noise(x0, noise, t, s)
+    oracle = lambda x, tt, c: v_target(x0, noise, tt, s)  # a network that knows v
+    assert torch.allclose(EpsilonModel(oracle, s)(x_t, t, None), noise, atol=1e-4)
+
+
+def test_unknown_prediction_type_raises():
+    model = lambda x, t, c: x
+    with pytest.raises(ValueError, match="prediction_type"):
+        diffusion_loss(model, torch.zeros(2, 3, 4, 4), torch.zeros(2, 1, 1), torch.zeros(1, 1, 1),
+                       NoiseSchedule(20), prediction_type="x0")
