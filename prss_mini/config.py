@@ -71,7 +71,10 @@ def make_config(preset="cpu", **overrides):
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise ValueError(f"unknown config key(s) {unknown}; known keys: {sorted(known)}")
-    return Config(**{**PRESETS[preset], **overrides, "preset": preset})
+    cfg = Config(**{**PRESETS[preset], **overrides, "preset": preset})
+    if cfg.prediction_type not in ("epsilon", "v_prediction"):  # fail before any training starts
+        raise ValueError(f"unknown prediction_type {cfg.prediction_type!r}; use 'epsilon' or 'v_prediction'")
+    return cfg
 
 
 def parse_overrides(pairs):

@@ -104,6 +104,8 @@ def diffusion_loss(model, x0, context, null_context, schedule, cond_drop_prob=0.
     so one network learns both eps(x, c) and eps(x, null) as CFG needs (Ho & Salimans sec. 3.2).
     x0: (B, C, H, W); context: (B, L, D); null_context: (1, L, D).
     """
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"unknown prediction_type {prediction_type!r}; use one of {PREDICTION_TYPES}")
     if not 0.0 <= cond_drop_prob <= 1.0:
         raise ValueError(f"cond_drop_prob must be in [0, 1], got {cond_drop_prob}")
     B, device = x0.shape[0], x0.device
@@ -112,8 +114,6 @@ def diffusion_loss(model, x0, context, null_context, schedule, cond_drop_prob=0.
     noise = _randn(x0.shape, generator, device)                                               # (B, C, H, W)
     drop = (torch.rand(B, generator=generator) < cond_drop_prob).to(device)                   # (B,)
     context = torch.where(drop.view(B, 1, 1), null_context.expand_as(context), context)       # (B, L, D)
-    if prediction_type not in PREDICTION_TYPES:
-        raise ValueError(f"unknown prediction_type {prediction_type!r}; use one of {PREDICTION_TYPES}")
     x_t = add_noise(x0, noise, t, schedule)
     target = noise if prediction_type == "epsilon" else v_target(x0, noise, t, schedule)
     return F.mse_loss(model(x_t, t, context), target)

@@ -83,3 +83,8 @@ def test_tiny_run_writes_every_artefact(tiny_run):
         assert (tiny_run / name).exists(), name
     with np.load(tiny_run / "dataset.npz", allow_pickle=False) as data:
         assert set(data["group"]) == {"general", "global", "local"}
+
+
+def test_unknown_prediction_type_is_refused_before_training():
+    with pytest.raises(ValueError, match="prediction_type"):
+        make_config("tiny", prediction_type="x0")
