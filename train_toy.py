@@ -7,11 +7,13 @@
 Stages, each written to the run folder and skipped when already done (rerun the same command to resume):
     1. dataset.npz       the toy world (prss_mini/world.py) and preview.png
     2. text_encoder.pt   CLIP-style pre-training of the text encoder, then frozen (as SD freezes CLIP)
-    3. unet.pt           the diffusion model; unet_train.pt holds the in-progress state, saved atomically
+    3. unet.pt           the diffusion model (EMA weights); unet_train.pt holds the in-progress state, saved atomically;
+                         snapshots/unet_<step>.pt the weights every `sample_every` steps
     4. judges.pt         attribute classifier and judge CLIP, trained apart from the model under test
 """
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -21,7 +23,8 @@ import time
 import numpy as np
 import torch
 
-from prss_mini.checkpoint import CheckpointError, load_checkpoint, save_atomic, write_json_atomic
+from prss_mini.checkpoint import (CheckpointError, config_differences, load_checkpoint, save_atomic,
+                                  write_json_atomic)
 from prss_mini.config import PRESETS, make_config, parse_overrides, to_dict
 from prss_mini.diffusion import NoiseSchedule, diffusion_loss
 from prss_mini.pipeline import as_epsilon_model, images_to_tensor, tensor_to_images, text_encoder_config, unet_config
@@ -91,6 +94,17 @@ def save_progress_figures(out, losses, unet, cfg, contexts, null, schedule, step
         os.path.join(out, f"samples_{step:06d}.png"))
 
 
+@torch.no_grad()
+def ema_update(ema, model, decay, step):
+    """ema <- d * ema + (1 - d) * model, with d = min(decay, (1 + step) / (10 + step)) (diffusers' EMAModel warm-up).
+
+    Sampling uses the exponential moving average of the weights (DDPM sec. 4 did the same): it averages away the
+    step-to-step jitter of SGD, which in a diffusion model shows up as noise in the samples and blurs copies."""
+    d = min(decay, (1 + step) / (10 + step))
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p, 1 - d)
+
+
 def stage_unet(cfg, out, data, encoder, device):
     final_path, state_path = os.path.join(out, "unet.pt"), os.path.join(out, "unet_train.pt")
     if os.path.exists(final_path):
@@ -106,6 +120,7 @@ def stage_unet(cfg, out, data, encoder, device):
 
     torch.manual_seed(cfg.seed)
     unet = UNet(unet_config(cfg)).to(device)
+    ema = copy.deepcopy(unet).requires_grad_(False)  # the weights we sample with (see ema_update)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
     # cosine decay to 10% of lr: settles the weights so late samples are stable
     lr_at = lambda s: cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s / cfg.train_steps, 1.0))))
@@ -115,6 +130,7 @@ def stage_unet(cfg, out, data, encoder, device):
     if os.path.exists(state_path):
         state = load_checkpoint(state_path, to_dict(cfg))
         unet.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
         step, losses = state["step"], list(state["losses"])
@@ -133,16 +149,20 @@ def stage_unet(cfg, out, data, encoder, device):
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        ema_update(ema, unet, cfg.ema_decay, step)
         losses.append(loss.item())
         bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
         done = step + 1
         if done % cfg.checkpoint_every == 0 or done == cfg.train_steps:
-            save_atomic({"model": unet.state_dict(), "optimizer": optimizer.state_dict(),
+            save_atomic({"model": unet.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
                          "generator": generator.get_state(), "step": done, "losses": losses,
                          "config": to_dict(cfg)}, state_path)
         if done % cfg.sample_every == 0 or done == cfg.train_steps:
-            save_progress_figures(out, losses, unet, cfg, contexts[caption_index[show]], null, schedule, done, device)
-    save_atomic({"model": unet.state_dict(), "losses": losses, "config": to_dict(cfg)}, final_path)
+            # a snapshot of the weights so far (tutorial 04 measures the copy rate along training with them)
+            save_atomic({"model": ema.state_dict(), "step": done, "config": to_dict(cfg)},
+                        os.path.join(out, "snapshots", f"unet_{done:06d}.pt"))
+            save_progress_figures(out, losses, ema, cfg, contexts[caption_index[show]], null, schedule, done, device)
+    save_atomic({"model": ema.state_dict(), "losses": losses, "config": to_dict(cfg)}, final_path)
     os.remove(state_path)
     print(f"[3/4] UNet: loss {np.mean(losses[:50]):.4f} -> {np.mean(losses[-200:]):.4f}; loss.png, samples_*.png")
 
@@ -172,7 +192,7 @@ def main(argv=None):
     if os.path.exists(config_path):
         with open(config_path) as f:
             old = json.load(f)
-        diff = sorted(k for k in set(old) | set(to_dict(cfg)) if old.get(k) != to_dict(cfg).get(k))
+        diff = config_differences(old, to_dict(cfg))  # sampling defaults may change between runs
         if diff:
             parser.error(f"{args.out} holds a run made with other options ({', '.join(diff)} differ). "
                          f"Use the same preset and options to resume, or another --out.")

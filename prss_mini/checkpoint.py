@@ -16,6 +16,7 @@ class CheckpointError(RuntimeError):
 
 def save_atomic(obj, path):
     """torch.save to `path` so that the file is either the old one or the complete new one, never half."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.tmp"
     torch.save(obj, tmp)
     os.replace(tmp, path)
@@ -28,11 +29,20 @@ def write_json_atomic(obj, path):
     os.replace(tmp, path)
 
 
+# Sampling defaults: a trained model does not depend on them, so they may change without retraining.
+SAMPLING_KEYS = ("guidance_scale", "num_inference_steps")
+
+
+def config_differences(old, new):
+    """Sorted keys whose values differ between two config dicts, sampling defaults left out."""
+    return sorted(k for k in set(old) | set(new) if k not in SAMPLING_KEYS and old.get(k) != new.get(k))
+
+
 def load_checkpoint(path, config=None, map_location="cpu"):
     """Load a checkpoint dict saved by `save_atomic`.
 
-    If `config` (a dict) is given, the checkpoint's stored `config` must match it on every key, else a
-    CheckpointError lists the keys that differ (a checkpoint from another run or preset)."""
+    If `config` (a dict) is given, the checkpoint's stored `config` must match it on every key but the sampling
+    defaults, else a CheckpointError lists the keys that differ (a checkpoint from another run or preset)."""
     if not os.path.exists(path):
         raise CheckpointError(f"no checkpoint at {path}: train one with `python train_toy.py --out RUN`")
     try:
@@ -44,7 +54,7 @@ def load_checkpoint(path, config=None, map_location="cpu"):
         raise CheckpointError(f"{path} is not a prss-mini checkpoint (expected a dict)")
     if config is not None:
         stored = ckpt.get("config", {})
-        diff = sorted(k for k in set(stored) | set(config) if stored.get(k) != config.get(k))
+        diff = config_differences(stored, config)
         if diff:
             details = ", ".join(f"{k}: {stored.get(k)!r} in the file vs {config.get(k)!r} now" for k in diff)
             raise CheckpointError(f"{path} was made with another config ({details}). Use the same options, or "

@@ -17,7 +17,7 @@ class Config:
     image_size: int = 16
     num_general: int = 2000
     num_global: int = 10
-    global_duplicates: int = 100
+    global_duplicates: int = 150
     num_titled: int = 4
     num_local: int = 100
     num_heldout_combos: int = 8
@@ -26,21 +26,25 @@ class Config:
     text_layers: int = 2
     clip_steps: int = 600
     # UNet (prss_mini/unet.py)
-    base_channels: int = 8
+    base_channels: int = 16
     channel_mults: tuple = (1, 2, 4)
     num_res_blocks: int = 1
-    attn_levels: tuple = (2,)
+    attn_levels: tuple = (1, 2)
     # diffusion training (prss_mini/diffusion.py)
     beta_schedule: str = "scaled_linear"
-    prediction_type: str = "epsilon"  # or "v_prediction" (diffusers' names)
-    train_steps: int = 4500
-    batch_size: int = 64
+    # v-prediction (Salimans & Ho 2022; SD 2): at high noise the network predicts the image, not an eps it would
+    # have to get right to 1 / sqrt(abar_t) = 15x precision. On the cpu preset eps-prediction left speckle noise in
+    # every sample; "epsilon" stays available (the sampler and every guidance method work on eps either way).
+    prediction_type: str = "v_prediction"
+    train_steps: int = 3500
+    batch_size: int = 32
     lr: float = 1e-3
     cond_drop_prob: float = 0.1
+    ema_decay: float = 0.999  # sampling uses an exponential moving average of the weights (0: the raw weights)
     # judges (prss_mini/judges.py): trained apart from the model under test
     judge_steps: int = 800
     # sampling defaults
-    guidance_scale: float = 5.0
+    guidance_scale: float = 2.0  # higher scales over-saturate this pixel-space toy (copies get less exact)
     num_inference_steps: int = 50
     # bookkeeping
     checkpoint_every: int = 250

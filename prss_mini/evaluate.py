@@ -6,7 +6,7 @@
 Protocol (../shared/PRSS-MATH.md, "Evaluation protocol", in miniature): the same prompts and the same seeds
 for every method; privacy = similarity to the nearest training image (and the d1/d2 test, and the stamp for
 local memorization); utility = judge CLIP score against the ORIGINAL prompt and attribute accuracy.
-Writes to RUN/eval/: metrics.json, metrics.csv, tradeoff.png, ablation.md, grid.png, traces.png, roc.png.
+Writes to RUN/eval/ (or --out): metrics.json, metrics.csv, tradeoff.png, ablation.md, grid.png, traces.png, roc.png.
 """
 
 import argparse
@@ -119,6 +119,7 @@ def main(argv=None):
     parser.add_argument("--num-images", type=int, default=2, help="seeds per prompt")
     parser.add_argument("--methods", default=",".join(SWEEPS), help="comma-separated subset of " + ",".join(SWEEPS))
     parser.add_argument("--quick", action="store_true", help="defaults only, 2 prompts per group, 1 image")
+    parser.add_argument("--out", default=None, help="output folder (default: RUN/eval)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     methods = args.methods.split(",")
@@ -140,7 +141,7 @@ def main(argv=None):
 
     from . import figures
 
-    out_dir = os.path.join(args.run, "eval")
+    out_dir = args.out or os.path.join(args.run, "eval")
     os.makedirs(out_dir, exist_ok=True)
     train_images, _, _ = metrics.unique_training_images(pipe.dataset)
     sets = prompt_sets(pipe.dataset, args.per_group)
@@ -162,8 +163,12 @@ def main(argv=None):
                    f"clip {rows['global']['clip']:.3f}  attr {rows['global']['attr']:.2f}")
 
     summary = figures.summarize(results)
+    scores = figures.trace_and_roc_plots(pipe, sets, out_dir)  # first-step detection scores, per group
+    negative = np.concatenate([scores["general"], scores["heldout"]])
+    detection = {"first_step_magnitude": {g: float(np.mean(v)) for g, v in scores.items()},
+                 **{f"roc_auc_{g}": metrics.roc_auc(scores[g], negative) for g in MEMORIZED}}
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-        json.dump({"thresholds": pipe.thresholds, "num_images": args.num_images,
+        json.dump({"thresholds": pipe.thresholds, "num_images": args.num_images, "detection": detection,
                    "prompts": {g: [p for p, _ in v] for g, v in sets.items()}, "results": results, **summary},
                   f, indent=2, default=float)
     with open(os.path.join(out_dir, "metrics.csv"), "w", newline="") as f:
@@ -178,8 +183,8 @@ def main(argv=None):
                 + figures.dominance_table(summary["dominance"]) + "\n")
     figures.tradeoff_plot(results, os.path.join(out_dir, "tradeoff.png"))
     figures.method_grid(grid_images, sets, os.path.join(out_dir, "grid.png"))
-    figures.trace_and_roc_plots(pipe, sets, out_dir)
     print(open(os.path.join(out_dir, "ablation.md")).read())
+    print("first-step detection ROC-AUC: " + ", ".join(f"{g} {detection[f'roc_auc_{g}']:.3f}" for g in MEMORIZED))
     print(f"wrote {out_dir}: metrics.json metrics.csv ablation.md tradeoff.png grid.png traces.png roc.png")
 
 

@@ -12,7 +12,7 @@ Three training groups, as in LAION:
              the whole image is copied). Some of these captions carry a made-up title word, like a product name,
              that no paraphrase can drop: the hard cases for Semantic Prompt Search.
     local    different images whose captions share the credit "photo by acme" and that all carry the same
-             stamp in the middle (local memorization: only the stamp is copied)
+             stamp (a white label with a dark dot) in the middle (local memorization: only the stamp is copied)
 Held-out prompts name attribute combinations that never occur in training.
 """
 
@@ -54,7 +54,7 @@ class WorldConfig:
     image_size: int = 16
     num_general: int = 2000      # unique images with freshly drawn captions
     num_global: int = 10         # globally memorized images ...
-    global_duplicates: int = 100  # ... each repeated this many times under one caption
+    global_duplicates: int = 150  # ... each repeated this many times under one caption
     num_titled: int = 4          # how many of the global captions carry a title word
     num_local: int = 100         # stamped images whose captions share the credit phrase
     num_heldout_combos: int = 8  # attribute combinations kept out of training
@@ -173,14 +173,16 @@ def _shape_mask(shape, size, cx, cy, r, supersample=4):
 
 
 def stamp_pattern(size):
-    """The local-memorization stamp: a 2x2 black-and-white checker, size // 4 pixels wide, in the centre.
+    """The local-memorization stamp: a white label with a dark dot, 3/8 of the side wide, in the centre.
 
+    Mostly bright on purpose: a logo whose mean stands out from the background is visible even in the model's
+    blurry guess of x0 at the noisiest step, where detection looks (a fine checker averages out to grey there).
     Returns (patch (k, k, 3) in [0, 1], top-left corner offset)."""
-    k = size // 4
-    half = k // 2
-    checker = np.zeros((k, k))
-    checker[:half, :half] = checker[half:, half:] = 1.0
-    patch = 0.08 + 0.84 * checker
+    k = size * 3 // 8
+    dot = max(1, k // 3)
+    patch = np.full((k, k), 0.94)
+    a = (k - dot) // 2
+    patch[a:a + dot, a:a + dot] = 0.06
     return np.repeat(patch[:, :, None], 3, axis=2), (size - k) // 2
 
 

@@ -167,11 +167,13 @@ def test_sample_calls_hook_with_int_timesteps_and_step_index():
     assert calls == [(75, 0), (50, 1), (25, 2), (0, 3)]
 
 
-def test_ddim_with_eta_one_over_all_steps_equals_ddpm():
+@pytest.mark.parametrize("clip_sample", [False, True])
+def test_ddim_with_eta_one_over_all_steps_equals_ddpm(clip_sample):
     s = NoiseSchedule(20, "linear")
     ddim = sample(toy_hook, SHAPE, s, num_inference_steps=20, sampler="ddim", eta=1.0, generator=gen(7),
-                  clip_sample=False)
-    ddpm = sample(toy_hook, SHAPE, s, num_inference_steps=20, sampler="ddpm", generator=gen(7), clip_sample=False)
+                  clip_sample=clip_sample)
+    ddpm = sample(toy_hook, SHAPE, s, num_inference_steps=20, sampler="ddpm", generator=gen(7),
+                  clip_sample=clip_sample)
     assert torch.allclose(ddim, ddpm, atol=1e-5)
 
 
@@ -225,6 +227,16 @@ def test_clip_sample_keeps_the_predicted_x0_in_the_data_range():
     eps = torch.zeros_like(x_t)
     assert ddim_step(x_t, eps, 0.25, 1.0, clip_sample=True).max() == 1.0
     assert ddim_step(x_t, eps, 0.25, 1.0, clip_sample=False).max() == 10.0
+
+
+def test_ddim_clip_sample_uses_the_eps_that_matches_the_clipped_x0():
+    """x_prev = sqrt(abar_prev) x0c + sqrt(1 - abar_prev) (x_t - sqrt(abar_t) x0c) / sqrt(1 - abar_t), x0c clipped."""
+    g = torch.Generator().manual_seed(0)
+    x_t, eps = torch.randn(2, 3, 4, 4, generator=g), torch.randn(2, 3, 4, 4, generator=g) * 3
+    a_t, a_prev = 0.1, 0.3
+    x0c = predict_x0(x_t, eps, a_t).clamp(-1, 1)
+    expected = a_prev ** 0.5 * x0c + (1 - a_prev) ** 0.5 * (x_t - a_t ** 0.5 * x0c) / (1 - a_t) ** 0.5
+    assert torch.allclose(ddim_step(x_t, eps, a_t, a_prev, clip_sample=True), expected, atol=1e-5)
 
 
 def test_ddpm_clip_sample_equals_the_x0_form_posterior_mean():

@@ -88,3 +88,28 @@ def test_tiny_run_writes_every_artefact(tiny_run):
 def test_unknown_prediction_type_is_refused_before_training():
     with pytest.raises(ValueError, match="prediction_type"):
         make_config("tiny", prediction_type="x0")
+
+
+def test_ema_update_moves_the_average_one_minus_decay_of_the_way_to_the_weights():
+    ema, model = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
+    for p, value in ((ema.weight, 0.0), (ema.bias, 0.0), (model.weight, 1.0), (model.bias, 2.0)):
+        torch.nn.init.constant_(p, value)
+    train_toy.ema_update(ema, model, decay=0.9, step=10_000)  # long after the warm-up: d = decay
+    assert torch.allclose(ema.weight, torch.full_like(ema.weight, 0.1))
+    assert torch.allclose(ema.bias, torch.full_like(ema.bias, 0.2))
+
+
+def test_ema_warm_up_follows_the_weights_closely_at_the_start():
+    ema, model = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
+    for p in ema.parameters():
+        torch.nn.init.zeros_(p)
+    for p in model.parameters():
+        torch.nn.init.ones_(p)
+    train_toy.ema_update(ema, model, decay=0.999, step=0)  # d = (1 + 0) / (10 + 0) = 0.1, not 0.999
+    assert torch.allclose(ema.weight, torch.full_like(ema.weight, 0.9))
+
+
+def test_sampling_defaults_may_change_without_retraining(tmp_path):
+    path = str(tmp_path / "unet.pt")
+    save_atomic({"model": {}, "config": {"lr": 1.0, "guidance_scale": 3.0, "num_inference_steps": 50}}, path)
+    load_checkpoint(path, {"lr": 1.0, "guidance_scale": 2.0, "num_inference_steps": 20})  # no error

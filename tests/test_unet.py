@@ -116,3 +116,11 @@ def test_same_seed_gives_identical_parameters():
     ("tiny", 50_000, 400_000), ("cpu", 150_000, 2_000_000), ("gpu", 5_000_000, 20_000_000)])
 def test_preset_parameter_counts_are_in_documented_range(preset, low, high):
     assert low <= count_parameters(make(preset)) <= high
+
+
+@pytest.mark.parametrize("channels", [8, 16, 24, 40, 96, 320])
+def test_group_norm_has_at_least_8_channels_per_group_so_colour_means_survive(channels):
+    from prss_mini.unet import group_norm
+    norm = group_norm(channels)
+    assert channels % norm.num_groups == 0
+    assert channels // norm.num_groups >= 8

@@ -1,0 +1,75 @@
+"""What every tutorial needs: the run folder to study and a folder for its figures.
+
+    from common import get_run, out_dir
+    RUN = get_run()          # a trained run folder (see below)
+    OUT = out_dir(__file__)  # tutorials/out/<this tutorial>/, created
+
+The run folder is, in order: $PRSS_RUN if set; runs/cpu if it holds a trained model (made by tutorial 04 or
+`python train_toy.py --preset cpu --out runs/cpu`); otherwise runs/tiny, trained here with the `tiny` preset
+(about a minute) if it is not there yet. The tiny model is too small to memorize much: the tutorials still run,
+but their numbers are only meaningful on the cpu run. $PRSS_TUTORIAL_OUT moves the output folders (CI uses it).
+"""
+
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:  # run from anywhere: `python tutorials/01_toy_world.py`
+    sys.path.insert(0, ROOT)
+
+
+def quick():
+    """True when $PRSS_QUICK is set (CI): tutorials shrink their loops so they finish in seconds."""
+    return bool(os.environ.get("PRSS_QUICK"))
+
+
+def get_run(prefer="cpu"):
+    """Path of a trained run folder (see the module docstring); prints which one and why."""
+    if os.environ.get("PRSS_RUN"):
+        run = os.environ["PRSS_RUN"]
+        if not os.path.exists(os.path.join(run, "unet.pt")):
+            raise SystemExit(f"PRSS_RUN={run} holds no trained model (unet.pt). Train it with "
+                             f"`python train_toy.py --preset cpu --out {run}` or unset PRSS_RUN.")
+        print(f"using the run folder {run} (from $PRSS_RUN)")
+        return run
+    preferred = os.path.join(ROOT, "runs", prefer)
+    if os.path.exists(os.path.join(preferred, "unet.pt")):
+        print(f"using the run folder {preferred}")
+        return preferred
+    tiny = os.path.join(ROOT, "runs", "tiny")
+    if not os.path.exists(os.path.join(tiny, "unet.pt")):
+        print(f"no trained run at {preferred}: training the `tiny` preset into {tiny} (about a minute).\n"
+              f"Its model is too small to memorize much; for the real numbers run tutorial 04 or\n"
+              f"    python train_toy.py --preset cpu --out runs/cpu")
+        import train_toy
+        train_toy.main(["--preset", "tiny", "--out", tiny])
+    else:
+        print(f"no trained run at {preferred}: using {tiny} (tiny preset; numbers are only indicative)")
+    return tiny
+
+
+def out_dir(tutorial_file):
+    """tutorials/out/<tutorial name>/ (or $PRSS_TUTORIAL_OUT/<name>/), created."""
+    name = os.path.splitext(os.path.basename(tutorial_file))[0]
+    base = os.environ.get("PRSS_TUTORIAL_OUT", os.path.join(ROOT, "tutorials", "out"))
+    path = os.path.join(base, name)
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def save_grid(images, path, nrow=None, scale=4):
+    """Save uint8 images (N, H, W, 3) as one enlarged PNG grid, `nrow` images per row; returns the path."""
+    import numpy as np
+    from PIL import Image
+
+    images = np.asarray(images)
+    n = len(images)
+    nrow = nrow or n
+    rows = []
+    for r in range(0, n, nrow):
+        row = list(images[r:r + nrow]) + [np.full_like(images[0], 255)] * (nrow - len(images[r:r + nrow]))
+        rows.append(np.concatenate(row, axis=1))
+    grid = np.concatenate(rows, axis=0)
+    Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST).save(path)
+    print(f"saved {path}")
+    return path
