@@ -53,9 +53,9 @@ class Config:
 
 PRESETS = {
     # tests: trains everything in well under 2 minutes on 2 CPU cores
-    "tiny": dict(num_general=300, num_global=4, global_duplicates=40, num_titled=2, num_local=30,
+    "tiny": dict(num_general=200, num_global=4, global_duplicates=100, num_titled=2, num_local=30,
                  clip_steps=150, base_channels=16, channel_mults=(1, 2), attn_levels=(1,),
-                 train_steps=400, batch_size=32, lr=1e-3, judge_steps=200, checkpoint_every=100, sample_every=200,
+                 train_steps=600, batch_size=32, lr=2e-3, judge_steps=200, checkpoint_every=100, sample_every=200,
                  num_inference_steps=20),
     # a laptop CPU (2 cores): at most 15 minutes in all
     "cpu": dict(),

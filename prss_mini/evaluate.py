@@ -34,7 +34,7 @@ SWEEPS = {
     "pe": [{"target_factor": 1.0}, {"target_factor": 0.5}, {"target_factor": 2.0}],
     "gni": [{"noise_scale": 0.5}, {"noise_scale": 1.0}, {"noise_scale": 2.0}],
     "rta": [{"num_tokens": 2}, {"num_tokens": 4}, {"num_tokens": 6}],
-    "lowcfg": [{"guidance_scale": 2.0}, {"guidance_scale": 1.0}, {"guidance_scale": 0.5}],
+    "lowcfg": [{"guidance_scale": 1.5}, {"guidance_scale": 1.0}, {"guidance_scale": 0.5}],  # below the default 2
     "transition": [{"transition_step": 10}, {"transition_step": 20}, {"transition_step": 30}],
 }
 
@@ -115,7 +115,7 @@ def label(method, knobs):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True, help="run folder written by train_toy.py")
-    parser.add_argument("--per-group", type=int, default=8, help="prompts per group (global: all of them)")
+    parser.add_argument("--per-group", type=int, default=5, help="prompts per group (global: all of them)")
     parser.add_argument("--num-images", type=int, default=2, help="seeds per prompt")
     parser.add_argument("--methods", default=",".join(SWEEPS), help="comma-separated subset of " + ",".join(SWEEPS))
     parser.add_argument("--quick", action="store_true", help="defaults only, 2 prompts per group, 1 image")

@@ -137,14 +137,16 @@ def test_prss_without_a_trigger_gives_the_cfg_images(random_pipe):
     assert (cfg == prss).all()
 
 
-def test_prss_triggered_uses_a_paraphrase_and_changes_the_images(random_pipe):
+def test_prss_triggered_with_no_passing_candidate_takes_the_argmin_and_changes_the_images(random_pipe):
     prompt = "a red circle in the top left"
     kw = dict(num_images=2, seed=3, num_inference_steps=5)
     cfg = random_pipe.generate(prompt, method="cfg", **kw)
     prss, info = random_pipe.generate(prompt, method="prss", lambda_ss=0.0, lambda_pr=0.0, tau=1e-6,
                                       return_info=True, **kw)
     assert info["triggered"] == [True, True]
-    assert all(p != prompt for p in info["prompt"])
+    for chosen, magnitudes in zip(info["prompt"], info["magnitudes"]):
+        assert prompt in magnitudes and len(magnitudes) > 1  # the original and every candidate were scored
+        assert chosen == min(magnitudes, key=magnitudes.get)
     assert (cfg != prss).any()
 
 

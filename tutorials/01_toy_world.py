@@ -21,7 +21,7 @@
 # This tutorial uses no model, only the data.
 
 # %%
-from common import out_dir, quick, save_grid  # noqa: F401  (puts the repo root on sys.path)
+from common import out_dir, quick, save_grid, show_rows  # noqa: F401  (puts the repo root on sys.path)
 
 import os
 
@@ -31,24 +31,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from prss_mini import world
+from prss_mini.config import PRESETS
 from prss_mini.guidance.paraphrase import paraphrases, same_meaning
 
 OUT = out_dir(__file__)
 FIGURES = ["groups.png", "same_caption_different_images.png", "stamp.png"]
-
-
-def show_rows(rows, labels, path, title):
-    """One labelled row of uint8 (H, W, 3) images per entry of `rows`, saved as a PNG."""
-    fig, axes = plt.subplots(len(rows), 1, figsize=(1.2 * max(len(r) for r in rows), 1.5 * len(rows)))
-    for ax, row, label in zip(np.atleast_1d(axes), rows, labels):
-        ax.imshow(np.concatenate(list(row), axis=1), interpolation="nearest")
-        ax.set_title(label, fontsize=9, loc="left")
-        ax.axis("off")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    print(f"saved {path}")
 
 
 # %% [markdown]
@@ -59,7 +46,9 @@ def show_rows(rows, labels, path, title):
 # world. Everything is drawn from one `numpy.random.default_rng(seed)`: the same seed gives the same world.
 
 # %%
-cfg = (world.WorldConfig(num_general=300, num_global=4, global_duplicates=40, num_titled=2, num_local=30)
+tiny = PRESETS["tiny"]
+cfg = (world.WorldConfig(**{k: tiny[k] for k in ("num_general", "num_global", "global_duplicates", "num_titled",
+                                                  "num_local")})
        if quick() else world.WorldConfig())
 data = world.build_dataset(cfg)
 for key, value in data.items():

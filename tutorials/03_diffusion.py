@@ -7,7 +7,7 @@
 # guidance (Ho & Salimans 2022). The code is `prss_mini/diffusion.py`; names follow diffusers.
 
 # %%
-from common import get_run, out_dir, quick, save_grid  # noqa: F401
+from common import get_run, out_dir, quick, save_grid, show_rows  # noqa: F401
 
 import os
 import time
@@ -28,20 +28,6 @@ FIGURES = ["forward.png", "schedules.png", "samplers.png", "cfg_sweep.png"]
 pipe = ToyPipeline(RUN)
 data = pipe.dataset
 K = 2 if quick() else 4  # images per row
-
-
-def show_rows(rows, labels, path, title):
-    """One labelled row of uint8 (H, W, 3) images per entry of `rows`, saved as a PNG."""
-    fig, axes = plt.subplots(len(rows), 1, figsize=(1.3 * max(len(r) for r in rows) + 1, 1.5 * len(rows)))
-    for ax, row, label in zip(np.atleast_1d(axes), rows, labels):
-        ax.imshow(np.concatenate(list(row), axis=1), interpolation="nearest")
-        ax.set_title(label, fontsize=9, loc="left")
-        ax.axis("off")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    print(f"saved {path}")
 
 
 # %% [markdown]

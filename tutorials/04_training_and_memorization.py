@@ -14,7 +14,7 @@
 # training items, so the model sees each of them, always with the same caption, very many times (printed below).
 
 # %%
-from common import ROOT, get_run, out_dir, quick, save_grid  # noqa: F401
+from common import ROOT, get_run, out_dir, quick, save_grid, show_rows  # noqa: F401
 
 import glob
 import os
@@ -49,20 +49,6 @@ print(f"{len(data['images'])} training items, {len(np.unique(data['image_id']))}
       f"steps of batch {cfg.batch_size} the model sees each global image about "
       f"{cfg.train_steps * cfg.batch_size * cfg.global_duplicates / len(data['images']):.0f} times, each general one "
       f"about {cfg.train_steps * cfg.batch_size / len(data['images']):.0f} times.")
-
-
-def show_rows(rows, labels, path, title):
-    """One labelled row of uint8 (H, W, 3) images per entry of `rows`, saved as a PNG."""
-    fig, axes = plt.subplots(len(rows), 1, figsize=(1.3 * max(len(r) for r in rows) + 2, 1.4 * len(rows)))
-    for ax, row, label in zip(np.atleast_1d(axes), rows, labels):
-        ax.imshow(np.concatenate(list(row), axis=1), interpolation="nearest")
-        ax.set_title(label, fontsize=8, loc="left")
-        ax.axis("off")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    print(f"saved {path}")
 
 
 # %% [markdown]

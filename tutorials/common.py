@@ -73,3 +73,23 @@ def save_grid(images, path, nrow=None, scale=4):
     Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST).save(path)
     print(f"saved {path}")
     return path
+
+
+def show_rows(rows, labels, path, title):
+    """One labelled row of uint8 (H, W, 3) images per entry of `rows`, saved as a PNG; returns the path."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(len(rows), 1, figsize=(1.3 * max(len(r) for r in rows) + 1, 1.5 * len(rows)))
+    for ax, row, label in zip(np.atleast_1d(axes), rows, labels):
+        ax.imshow(np.concatenate(list(row), axis=1), interpolation="nearest")
+        ax.set_title(label, fontsize=9, loc="left")
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"saved {path}")
+    return path
