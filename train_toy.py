@@ -1,6 +1,6 @@
 """Train everything a prss-mini run needs, in one command.
 
-    python train_toy.py --preset cpu --out runs/cpu          # ~10 minutes on 2 CPU cores
+    python train_toy.py --preset cpu --out runs/cpu          # ~13 minutes on 2 CPU cores
     python train_toy.py --preset tiny --out runs/tiny        # ~1 minute: for tests and a first look
     python train_toy.py --preset cpu --out runs/cpu --train_steps 5000   # any Config field as --key value
 

@@ -1,6 +1,6 @@
 """Evaluate PRSS and the baselines on a trained run: privacy, utility, cost, and the figures that show them.
 
-    python -m prss_mini.evaluate --run runs/cpu                 # ~10 minutes on 2 CPU cores
+    python -m prss_mini.evaluate --run runs/cpu                 # ~12 minutes on 2 CPU cores
     python -m prss_mini.evaluate --run runs/tiny --quick        # a smoke test
 
 Protocol (../shared/PRSS-MATH.md, "Evaluation protocol", in miniature): the same prompts and the same seeds
