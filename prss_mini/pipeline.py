@@ -1,7 +1,7 @@
 """A trained run folder, loaded: prompts in, images out (like a diffusers pipeline).
 
     pipe = ToyPipeline("runs/cpu")
-    images = pipe.generate(["a red circle in the top left"], seed=0, num_images=4)   # uint8 (4, H, W, 3)
+    images = pipe.generate("a red circle in the top left", seed=0, num_images=4)   # uint8 (4, H, W, 3)
 """
 
 import json
