@@ -8,6 +8,8 @@ import argparse
 import json
 from dataclasses import asdict, dataclass, fields
 
+from .diffusion import PREDICTION_TYPES
+
 
 @dataclass
 class Config:
@@ -76,8 +78,8 @@ def make_config(preset="cpu", **overrides):
     if unknown:
         raise ValueError(f"unknown config key(s) {unknown}; known keys: {sorted(known)}")
     cfg = Config(**{**PRESETS[preset], **overrides, "preset": preset})
-    if cfg.prediction_type not in ("epsilon", "v_prediction"):  # fail before any training starts
-        raise ValueError(f"unknown prediction_type {cfg.prediction_type!r}; use 'epsilon' or 'v_prediction'")
+    if cfg.prediction_type not in PREDICTION_TYPES:  # fail before any training starts
+        raise ValueError(f"unknown prediction_type {cfg.prediction_type!r}; use one of {PREDICTION_TYPES}")
     return cfg
 
 
