@@ -39,7 +39,7 @@ def stage_dataset(cfg, out):
         with np.load(path, allow_pickle=False) as f:
             return dict(f)
     world = WorldConfig(image_size=cfg.image_size, num_general=cfg.num_general, num_global=cfg.num_global,
-                        global_duplicates=cfg.global_duplicates, num_titled=cfg.num_titled,
+                        global_duplicates=cfg.global_duplicates, title_variants=cfg.title_variants,
                         num_local=cfg.num_local, num_heldout_combos=cfg.num_heldout_combos, seed=cfg.seed)
     data = build_dataset(world)
     np.savez(path + ".tmp.npz", **data)

@@ -20,7 +20,7 @@ class Config:
     num_general: int = 2000
     num_global: int = 10
     global_duplicates: int = 150
-    num_titled: int = 4
+    title_variants: tuple = (3, 5, 7, 9)  # one entry per titled global image (world.py)
     num_local: int = 100
     num_heldout_combos: int = 8
     # text encoder and its CLIP pre-training (prss_mini/text_encoder.py)
@@ -55,15 +55,15 @@ class Config:
 
 PRESETS = {
     # tests: trains everything in well under 2 minutes on 2 CPU cores
-    "tiny": dict(num_general=200, num_global=4, global_duplicates=100, num_titled=2, num_local=30,
+    "tiny": dict(num_general=200, num_global=4, global_duplicates=100, title_variants=(3, 7), num_local=30,
                  clip_steps=150, base_channels=16, channel_mults=(1, 2), attn_levels=(1,),
                  train_steps=600, batch_size=32, lr=2e-3, judge_steps=200, checkpoint_every=100, sample_every=200,
                  num_inference_steps=20),
     # a laptop CPU (2 cores): at most 15 minutes in all
     "cpu": dict(),
     # one consumer GPU: 32x32 images, a larger UNet, longer training
-    "gpu": dict(image_size=32, num_general=8000, num_global=20, global_duplicates=100, num_titled=6, num_local=300,
-                clip_steps=2000, base_channels=64, channel_mults=(1, 2, 2, 2), num_res_blocks=2,
+    "gpu": dict(image_size=32, num_general=8000, num_global=20, global_duplicates=100, num_local=300,
+                title_variants=(3, 5, 7, 9, 11, 13), clip_steps=2000, base_channels=64, channel_mults=(1, 2, 2, 2), num_res_blocks=2,
                 attn_levels=(1, 2, 3), train_steps=30000, batch_size=128, lr=2e-4, judge_steps=3000,
                 checkpoint_every=1000, sample_every=5000),
 }

@@ -20,6 +20,7 @@ import numpy as np
 
 from . import metrics
 from .checkpoint import CheckpointError
+from .world import memorized_captions
 
 GROUPS = ("global", "local", "general", "heldout")
 MEMORIZED, CONTROL = ("global", "local"), ("general", "heldout")
@@ -28,7 +29,10 @@ MEMORIZED, CONTROL = ("global", "local"), ("general", "heldout")
 # calibrated ones, so the sweep means the same on any run.
 SWEEPS = {
     "cfg": [{}],
-    "prss": [{}, {"tau_factor": 0.5}, {"tau_factor": 2.0}],
+    # PRSS's trigger threshold spans the privacy axis: a higher lambda_ss triggers (and so changes) fewer
+    # samples, up to plain CFG (figures.py counts the cfg point as lambda_ss = infinity); a lower one also makes
+    # the search pickier. tau sets how hard PR re-anchors.
+    "prss": [{}, {"lambda_ss_factor": 0.7}, {"lambda_ss_factor": 1.5}, {"tau_factor": 0.5}],
     "pr": [{}],
     "ss": [{}],
     "pe": [{"target_factor": 1.0}, {"target_factor": 0.5}, {"target_factor": 2.0}],
@@ -46,7 +50,10 @@ def prompt_sets(data, per_group=8, seed=0):
     for group in ("global", "local", "general"):
         captions, first = np.unique(data["captions"][data["group"] == group], return_index=True)
         attrs = data["attributes"][data["group"] == group][first]
-        pick = np.arange(len(captions)) if group == "global" else rng.choice(len(captions), per_group, replace=False)
+        if group == "global":  # every memorized caption (not the title-keeping variants of titled images)
+            pick = np.flatnonzero(np.isin(captions, memorized_captions(data)))
+        else:
+            pick = rng.choice(len(captions), per_group, replace=False)
         sets[group] = [(str(captions[i]), attrs[i]) for i in sorted(pick)]
     pick = rng.choice(len(data["heldout_captions"]), min(per_group, len(data["heldout_captions"])), replace=False)
     sets["heldout"] = [(str(data["heldout_captions"][i]), data["heldout_attributes"][i]) for i in sorted(pick)]
@@ -70,6 +77,8 @@ def resolve_knobs(pipe, method, knobs):
     th = pipe.thresholds
     if "tau_factor" in knobs:  # a stronger (smaller tau) or gentler (larger tau) re-anchoring ramp
         knobs["tau"] = th["lambda_pr"] + knobs.pop("tau_factor") * (th["tau"] - th["lambda_pr"])
+    if "lambda_ss_factor" in knobs:
+        knobs["lambda_ss"] = knobs.pop("lambda_ss_factor") * th["lambda_ss"]
     if "target_factor" in knobs:
         knobs["target"] = knobs.pop("target_factor") * th["lambda_ss"]
     return knobs

@@ -82,7 +82,7 @@ class ToyPipeline:
         self.text_encoder = text_encoder.to(device).eval().requires_grad_(False)
         self.unet = as_epsilon_model(unet.to(device).eval().requires_grad_(False), config, self.schedule)
         self.image_shape = (3, self.config.image_size, self.config.image_size)
-        self._dataset = None
+        self._dataset, self._empty = None, None
 
     @property
     def dataset(self):
@@ -113,8 +113,11 @@ class ToyPipeline:
 
     @property
     def empty(self):
-        """The empty prompt's embeddings (1, L, D): the unconditional branch of CFG."""
-        return self.encode([""])
+        """The empty prompt's embeddings (1, L, D): the unconditional branch of CFG, encoded once and kept
+        (the frozen text encoder always gives the same; the sampling loop asks for it at every step)."""
+        if self._empty is None:
+            self._empty = self.encode([""])
+        return self._empty
 
     def initial_noise(self, num_images, seed):
         """x_T for `num_images` samples from one seed, drawn on the CPU so every device sees the same numbers."""

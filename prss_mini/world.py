@@ -10,7 +10,11 @@ Three training groups, as in LAION:
     general  many unique images, each caption drawn afresh from the grammar (synonyms, templates, fillers)
     global   a few images, each duplicated many times under ONE fixed caption string (global memorization:
              the whole image is copied). Some of these captions carry a made-up title word, like a product name,
-             that no paraphrase can drop: the hard cases for Semantic Prompt Search.
+             that no paraphrase can drop. A titled image also appears under other phrasings that keep the title
+             (as LAION duplicates come with slightly different captions), a different number for each titled
+             image: the more variants, the more of the memorization moves from the exact string to the title
+             word, and the more a paraphrase still triggers it. These are the hard cases for Semantic Prompt
+             Search, where Prompt Re-anchoring has to do the rest.
     local    different images whose captions share the credit "photo by acme" and that all carry the same
              stamp (a white label with a dark dot) in the middle (local memorization: only the stamp is copied)
 Held-out prompts name attribute combinations that never occur in training.
@@ -55,7 +59,9 @@ class WorldConfig:
     num_general: int = 2000      # unique images with freshly drawn captions
     num_global: int = 10         # globally memorized images ...
     global_duplicates: int = 150  # ... each repeated this many times under one caption
-    num_titled: int = 4          # how many of the global captions carry a title word
+    # titled global image k: this many of its duplicates carry a fresh title-keeping phrasing instead of the fixed
+    # caption (one entry per titled image, so len(title_variants) of the global captions carry a title word)
+    title_variants: tuple = (3, 5, 7, 9)
     num_local: int = 100         # stamped images whose captions share the credit phrase
     num_heldout_combos: int = 8  # attribute combinations kept out of training
     heldout_phrasings: int = 3   # captions per held-out combination
@@ -224,9 +230,13 @@ def build_dataset(cfg: WorldConfig):
 
     Returns a dict: images uint8 (N, H, W, 3) with every duplicate, captions (N,), group (N,), attributes (N, 3),
     image_id (N,) (duplicates share it), attribute_names (3,), heldout_captions (M,), heldout_attributes (M, 3)."""
-    if cfg.num_titled > min(cfg.num_global, len(TITLES)):
-        raise ValueError(f"num_titled={cfg.num_titled} must be <= num_global={cfg.num_global} "
-                         f"and <= {len(TITLES)} (the number of title words)")
+    num_titled = len(cfg.title_variants)
+    if num_titled > min(cfg.num_global, len(TITLES)):
+        raise ValueError(f"title_variants has {num_titled} entries (one per titled image), but there are only "
+                         f"num_global={cfg.num_global} global images and {len(TITLES)} title words")
+    if any(not 0 <= v < cfg.global_duplicates for v in cfg.title_variants):
+        raise ValueError(f"every entry of title_variants={tuple(cfg.title_variants)} must lie in "
+                         f"[0, global_duplicates={cfg.global_duplicates}): some duplicates keep the fixed caption")
     rng = np.random.default_rng(cfg.seed)
     combos = all_combinations()
     order = rng.permutation(len(combos))
@@ -234,17 +244,22 @@ def build_dataset(cfg: WorldConfig):
 
     items = []  # (image, caption, group, attributes, image_id)
 
-    def add(attributes, caption, group, copies=1, stamp=False):
+    def add(attributes, caption, group, copies=1, stamp=False, variants=()):
         image = to_uint8(render(attributes, rng, cfg.image_size, stamp=stamp))
         image_id = len({it[4] for it in items}) if items else 0
-        items.extend([(image, caption, group, attributes, image_id)] * copies)
+        items.extend([(image, caption, group, attributes, image_id)] * (copies - len(variants)))
+        items.extend((image, v, group, attributes, image_id) for v in variants)  # the same image, other words
 
     memorized_captions = set()
     for k, idx in enumerate(rng.choice(len(train_combos), cfg.num_global, replace=False)):
-        title = TITLES[k] if k < cfg.num_titled else None
+        title = TITLES[k] if k < num_titled else None
         caption = make_caption(train_combos[idx], rng, title=title)
+        # The variants have their own generator: changing title_variants leaves the rest of the world as it is.
+        variant_rng = np.random.default_rng([cfg.seed, k])
+        variants = [make_caption(train_combos[idx], variant_rng, title=title)
+                    for _ in range(cfg.title_variants[k] if title else 0)]
         memorized_captions.add(caption)
-        add(train_combos[idx], caption, "global", copies=cfg.global_duplicates)
+        add(train_combos[idx], caption, "global", copies=cfg.global_duplicates, variants=variants)
     for _ in range(cfg.num_general):
         attributes = train_combos[rng.integers(len(train_combos))]
         caption = make_caption(attributes, rng)
@@ -267,6 +282,21 @@ def build_dataset(cfg: WorldConfig):
         "heldout_captions": np.array(heldout_captions),
         "heldout_attributes": np.repeat(heldout, cfg.heldout_phrasings, axis=0).astype(np.int64),
     }
+
+
+def memorized_captions(data):
+    """The memorized prompts: the fixed caption of every global image (its most frequent caption), sorted."""
+    out = []
+    for image_id in np.unique(data["image_id"][data["group"] == "global"]):
+        captions, counts = np.unique(data["captions"][data["image_id"] == image_id], return_counts=True)
+        out.append(str(captions[counts.argmax()]))
+    return sorted(out)
+
+
+def num_variants(data, caption):
+    """How many other phrasings the image of `caption` was trained under (0 for a caption of one fixed string)."""
+    image_id = data["image_id"][data["captions"] == caption][0]
+    return len(np.unique(data["captions"][data["image_id"] == image_id])) - 1
 
 
 def preview_grid(dataset, path, per_group=8, scale=4):

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 from prss_mini import metrics, sample
+from prss_mini.guidance.calibrate import calibrate
 from prss_mini.pipeline import ToyPipeline
+from prss_mini.world import memorized_captions
 
 pytestmark = pytest.mark.slow
 
@@ -16,7 +18,7 @@ def pipe(tiny_run):
 
 def memorized_and_general(pipe):
     data = pipe.dataset
-    memorized = sorted(set(data["captions"][data["group"] == "global"]))
+    memorized = memorized_captions(data)
     general = sorted(set(data["captions"][data["group"] == "general"]))[:len(memorized)]
     return memorized, general
 
@@ -54,6 +56,13 @@ def test_prss_moves_memorized_samples_away_from_their_training_images(pipe):
     cfg_sims, _ = nearest(pipe, memorized, "cfg")
     prss_sims, _ = nearest(pipe, memorized, "prss")
     assert prss_sims.mean() < cfg_sims.mean()
+
+
+def test_calibrated_thresholds_follow_the_documented_rule(pipe):
+    th = pipe.thresholds  # RUN/thresholds.json, written on first use
+    assert th["lambda_pr"] == pytest.approx(3 * th["lambda_ss"]) and th["tau"] == pytest.approx(5 * th["lambda_ss"])
+    assert th["general_first_step_mean"] < th["lambda_ss"]  # a quantile near the top of general prompts
+    assert calibrate(pipe) == th  # same seeds, same thresholds
 
 
 def test_sample_cli_writes_npz_with_uint8_images(tiny_run, tmp_path):

@@ -150,6 +150,55 @@ def test_prss_triggered_with_no_passing_candidate_takes_the_argmin_and_changes_t
     assert (cfg != prss).any()
 
 
+def _first_step_magnitudes(pipe, prompt, **kw):
+    """The prompt's first-step magnitude on each sample's x_T, as PRSS's search measured it."""
+    _, info = pipe.generate(prompt, method="prss", lambda_ss=0.0, lambda_pr=1.0, tau=2.0, return_info=True, **kw)
+    return [m[prompt] for m in info["magnitudes"]]
+
+
+def test_prss_keeps_the_cfg_image_of_an_untriggered_sample_in_a_mixed_batch(random_pipe):
+    prompt = "a red circle in the top left"
+    kw = dict(num_images=2, seed=3, num_inference_steps=5)
+    low, high = sorted(_first_step_magnitudes(random_pipe, prompt, **kw))
+    cfg = random_pipe.generate(prompt, method="cfg", **kw)
+    prss, info = random_pipe.generate(prompt, method="prss", lambda_ss=(low + high) / 2, lambda_pr=0.0, tau=1e-6,
+                                      return_info=True, **kw)
+    assert sorted(info["triggered"]) == [False, True]
+    calm, hit = info["triggered"].index(False), info["triggered"].index(True)
+    assert (prss[calm] == cfg[calm]).all()
+    assert (prss[hit] != cfg[hit]).any()
+
+
+class CountingUNet(torch.nn.Module):
+    def __init__(self, unet):
+        super().__init__()
+        self.unet, self.count = unet, 0
+
+    def forward(self, x, t, context):
+        self.count += len(x)
+        return self.unet(x, t, context)
+
+
+def _unet_evals(pipe, method, **kw):
+    real, pipe.unet = pipe.unet, CountingUNet(pipe.unet)
+    try:
+        pipe.generate("a red circle in the top left", method=method, num_images=2, seed=3, num_inference_steps=5,
+                      **kw)
+        return pipe.unet.count
+    finally:
+        pipe.unet = real
+
+
+def test_prss_costs_what_cfg_costs_when_nothing_triggers(random_pipe):
+    assert _unet_evals(random_pipe, "prss", lambda_ss=1e9, lambda_pr=1.0, tau=2.0) == _unet_evals(random_pipe, "cfg")
+
+
+def test_prss_adds_one_evaluation_per_step_per_triggered_sample_plus_the_search(random_pipe):
+    n_s, steps, B = 4, 5, 2
+    evals = _unet_evals(random_pipe, "prss", lambda_ss=0.0, lambda_pr=1.0, tau=2.0, n_s=n_s)
+    assert evals == _unet_evals(random_pipe, "cfg") + B * steps + B * n_s  # lambda_ss 0: every candidate scored
+
+
 @pytest.mark.parametrize("method", ["pr", "ss"])
 def test_ablations_run(random_pipe, method):
     images = random_pipe.generate("a red circle in the top left", method=method, num_images=2,

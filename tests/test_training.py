@@ -46,7 +46,7 @@ def test_rerun_with_other_options_is_refused(tmp_path):
         train_toy.main(["--preset", "tiny", "--out", str(tmp_path)])
 
 
-TINY_FAST = ["--num_general", "40", "--num_global", "2", "--global_duplicates", "4", "--num_titled", "1",
+TINY_FAST = ["--num_general", "40", "--num_global", "2", "--global_duplicates", "4", "--title_variants", "1",
              "--num_local", "4", "--clip_steps", "5", "--train_steps", "6", "--checkpoint_every", "3",
              "--sample_every", "100", "--judge_steps", "2", "--num_inference_steps", "2"]
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from prss_mini.world import (CREDITS, TITLES, WorldConfig, all_combinations, build_dataset, make_caption,
-                             parse_caption, render, stamp_pattern, vocabulary)
+                             memorized_captions, num_variants, parse_caption, render, stamp_pattern, vocabulary)
 
-SMALL = WorldConfig(num_general=60, num_global=3, global_duplicates=5, num_titled=1, num_local=6, seed=3)
+SMALL = WorldConfig(num_general=60, num_global=3, global_duplicates=5, title_variants=(2,), num_local=6, seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -30,12 +30,13 @@ def test_same_seed_gives_the_same_dataset(data):
     assert all(np.array_equal(data[k], again[k]) for k in data)
 
 
-def test_global_images_are_duplicated_under_one_caption(data):
+def test_global_images_are_duplicated_under_their_fixed_caption(data):
     glob = data["group"] == "global"
     for image_id in np.unique(data["image_id"][glob]):
         rows = data["image_id"] == image_id
+        captions, counts = np.unique(data["captions"][rows], return_counts=True)
         assert rows.sum() == SMALL.global_duplicates
-        assert len(set(data["captions"][rows])) == 1
+        assert counts.max() >= SMALL.global_duplicates - max(SMALL.title_variants)
         assert (data["images"][rows] == data["images"][rows][0]).all()
 
 
@@ -45,8 +46,28 @@ def test_memorized_captions_do_not_occur_in_the_general_group(data):
 
 
 def test_titled_memorized_captions_carry_a_title_word(data):
-    captions = set(data["captions"][data["group"] == "global"])
-    assert sum(any(t in c.split() for t in TITLES) for c in captions) == SMALL.num_titled
+    captions = memorized_captions(data)
+    assert len(captions) == SMALL.num_global
+    assert sum(any(t in c.split() for t in TITLES) for c in captions) == len(SMALL.title_variants)
+
+
+def test_titled_images_also_appear_under_title_keeping_variants(data):
+    titled = [c for c in memorized_captions(data) if parse_caption(c)[1]]
+    for caption, expected in zip(sorted(titled, key=lambda c: TITLES.index(parse_caption(c)[1])), SMALL.title_variants):
+        image_id = data["image_id"][data["captions"] == caption][0]
+        variants = set(data["captions"][data["image_id"] == image_id]) - {caption}
+        assert 0 < num_variants(data, caption) == len(variants) <= expected
+        assert all(parse_caption(v) == parse_caption(caption) for v in variants)  # same meaning, same title
+
+
+def test_untitled_global_images_have_one_caption(data):
+    untitled = [c for c in memorized_captions(data) if not parse_caption(c)[1]]
+    assert untitled and all(num_variants(data, c) == 0 for c in untitled)
+
+
+def test_title_variants_must_leave_some_fixed_captions():
+    with pytest.raises(ValueError, match="title_variants"):
+        build_dataset(WorldConfig(num_general=5, num_global=2, global_duplicates=4, title_variants=(4,), num_local=1))
 
 
 def test_local_images_share_the_credit_and_the_stamp(data):

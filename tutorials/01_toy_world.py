@@ -15,6 +15,7 @@
 # |---|---|---|
 # | general | many unique images, each caption drawn afresh from a small grammar | nothing (the control) |
 # | global | a few images, each repeated many times under ONE caption string | the whole image (global) |
+# | global, titled | as global, the caption starts with a title word; a few copies say it in other words | the image, also from most paraphrases (the hard cases) |
 # | local | different images, captions ending in "photo by acme", a centred stamp | only the stamp (local) |
 #
 # Held-out prompts name (shape, colour, position) combinations that never occur in training: a second control.
@@ -47,7 +48,7 @@ FIGURES = ["groups.png", "same_caption_different_images.png", "stamp.png"]
 
 # %%
 tiny = PRESETS["tiny"]
-cfg = (world.WorldConfig(**{k: tiny[k] for k in ("num_general", "num_global", "global_duplicates", "num_titled",
+cfg = (world.WorldConfig(**{k: tiny[k] for k in ("num_general", "num_global", "global_duplicates", "title_variants",
                                                   "num_local")})
        if quick() else world.WorldConfig())
 data = world.build_dataset(cfg)
@@ -63,7 +64,12 @@ for g in ("general", "global", "local"):
           f"{len(np.unique(data['captions'][rows])):5d} distinct captions")
 share = np.mean(data["group"] == "global")
 print(f"\n{share:.0%} of all training items are the {cfg.num_global} global images: every epoch shows each of them "
-      f"{cfg.global_duplicates} times, under the same caption.")
+      f"{cfg.global_duplicates} times, under the same caption (a titled one: all but a few times).")
+for caption in world.memorized_captions(data):
+    if world.num_variants(data, caption):
+        ids = data["image_id"] == data["image_id"][data["captions"] == caption][0]
+        others = sorted(set(data["captions"][ids]) - {caption})
+        print(f"  {caption!r} also appears as {len(others)} variants, e.g. {others[0]!r}")
 
 # %% [markdown]
 # ## The grammar: one meaning, many phrasings

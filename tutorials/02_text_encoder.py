@@ -122,7 +122,7 @@ print("look at clip_loss.png: the loss should start near chance and fall; it can
 
 # %%
 data = pipe.dataset
-glob = sorted(set(data["captions"][data["group"] == "global"].tolist()))
+glob = world.memorized_captions(data)
 untitled = [c for c in glob if world.parse_caption(c)[1] is None]
 memorized = (untitled or glob)[0]
 attrs = world.parse_caption(memorized)[0]

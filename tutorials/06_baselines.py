@@ -37,7 +37,7 @@ from prss_mini import metrics
 from prss_mini.evaluate import CountingUNet, prompt_sets
 from prss_mini.judges import Judges
 from prss_mini.pipeline import ToyPipeline
-from prss_mini.world import parse_caption
+from prss_mini.world import num_variants, parse_caption
 
 RUN = get_run()
 OUT = out_dir(__file__)
@@ -48,7 +48,9 @@ judges = Judges.load(RUN)
 train_images, _, _ = metrics.unique_training_images(pipe.dataset)   # one copy of each training image
 sets = prompt_sets(pipe.dataset, per_group=8, seed=0)               # group -> [(prompt, attributes (3,))]
 untitled = [p for p in sets["global"] if parse_caption(p[0])[1] is None]
-titled = [p for p in sets["global"] if parse_caption(p[0])[1] is not None] or untitled[1:]
+# the titled caption whose image was trained under the most title-keeping variants: the hardest case
+titled = sorted([p for p in sets["global"] if parse_caption(p[0])[1] is not None],
+                key=lambda p: -num_variants(pipe.dataset, p[0])) or untitled[1:]
 steps, s = pipe.config.num_inference_steps, pipe.config.guidance_scale
 lam_ss = pipe.thresholds["lambda_ss"]   # PE's default target: the calibrated SS threshold (tutorial 08)
 print(f"DDIM steps {steps}, guidance scale s = {s}, calibrated lambda_SS = {lam_ss:.3f}")

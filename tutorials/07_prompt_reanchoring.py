@@ -32,7 +32,7 @@ from prss_mini.guidance.detect import magnitude_trace, noise_magnitude
 from prss_mini.guidance.paraphrase import paraphrases
 from prss_mini.guidance.pr import prompt_reanchor, reanchor_strength
 from prss_mini.pipeline import ToyPipeline
-from prss_mini.world import parse_caption
+from prss_mini.world import num_variants, parse_caption
 
 RUN = get_run()
 OUT = out_dir(__file__)
@@ -41,7 +41,9 @@ FIGURES = ["pr_geometry.png", "pr_ramp.png", "pr_before_after.png", "pr_traces.p
 
 sets = prompt_sets(pipe.dataset, per_group=8, seed=0)
 untitled = [p for p, _ in sets["global"] if parse_caption(p)[1] is None]
-titled = [p for p, _ in sets["global"] if parse_caption(p)[1] is not None] or untitled[1:]
+# the titled caption whose image was trained under the most title-keeping variants: the hardest case
+titled = sorted([p for p, _ in sets["global"] if parse_caption(p)[1] is not None],
+                key=lambda p: -num_variants(pipe.dataset, p)) or untitled[1:]
 s, steps = pipe.config.guidance_scale, pipe.config.num_inference_steps
 lam_pr, tau = pipe.thresholds["lambda_pr"], pipe.thresholds["tau"]
 print(f"s = {s}, lambda_PR = {lam_pr:.3f}, tau = {tau:.3f} (calibrated, see prss_mini/guidance/calibrate.py)")
@@ -158,22 +160,25 @@ print(f"for scale, CFG on e_ss and full PR differ by up to {float((cfg_target - 
 # %% [markdown]
 # ## Before and after, on memorized prompts
 #
-# Same prompts, same seeds: plain CFG, PR only and PRSS. "PR only" is the paper's ablation (method `pr`): no
-# search, so the target is PE's optimized embedding (tutorial 06) instead of a paraphrase. Both PR variants
-# act only on samples whose first-step magnitude is above lambda_SS (they are "triggered"); the others run
-# plain CFG. The first row is the training image each prompt was memorized from.
+# Same prompts, same seeds: plain CFG, SS only, PR only and PRSS. "SS only" runs plain CFG on the searched
+# paraphrase (no re-anchoring); "PR only" re-anchors towards PE's optimized embedding (tutorial 06) instead of
+# a paraphrase; PRSS re-anchors towards the paraphrase. All three act only on samples whose first-step
+# magnitude is above lambda_SS (they are "triggered"); the others run plain CFG. The first row is the training
+# image each prompt was memorized from. P1 is the hard case: a titled caption whose image was also trained
+# under other phrasings that keep the title, so every paraphrase still carries part of the memorization. Compare
+# its SS-only and PRSS rows: what SS leaves, PR has to remove.
 
 # %%
 K = 2 if quick() else 3
 mem = [untitled[0], titled[0], sets["local"][0][0]]   # global, global with a title word, local (stamp)
 train_images, _, _ = metrics.unique_training_images(pipe.dataset)
 data = pipe.dataset
-rows = {"training\nimage": [], "CFG": [], "PR only": [], "PRSS": []}
+rows = {"training\nimage": [], "CFG": [], "SS only": [], "PR only": [], "PRSS": []}
 infos = {}
 for j, p in enumerate(mem):
     print(f"P{j}: {p}")
     rows["training\nimage"].append(np.repeat(data["images"][np.flatnonzero(data["captions"] == p)[0]][None], K, 0))
-    for name, method in (("CFG", "cfg"), ("PR only", "pr"), ("PRSS", "prss")):
+    for name, method in (("CFG", "cfg"), ("SS only", "ss"), ("PR only", "pr"), ("PRSS", "prss")):
         images, infos[j, method] = pipe.generate(p, method=method, num_images=K, seed=j, return_info=True)
         rows[name].append(images)
 rows = {k: np.concatenate(v) for k, v in rows.items()}
@@ -187,14 +192,14 @@ for r, (label, images) in enumerate(rows.items()):
     axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
 for c in range(len(mem) * K):
     axes[0, c].set_title(f"P{c // K} #{c % K}", fontsize=7)
-fig.suptitle("memorized prompts, same seeds: CFG vs PR only vs PRSS", fontsize=9)
+fig.suptitle("memorized prompts, same seeds: CFG, SS only, PR only, PRSS", fontsize=9)
 fig.tight_layout()
 fig.savefig(f"{OUT}/pr_before_after.png", dpi=100)
 plt.close(fig)
-print(f"saved {OUT}/pr_before_after.png\nLook at: rows that match the training image are copies; P2's centre "
-      "checker is the local stamp.")
+print(f"saved {OUT}/pr_before_after.png\nLook at: rows that match the training image are copies; P2's white centre "
+      "label is the local stamp.")
 
-for name in ("CFG", "PR only", "PRSS"):
+for name in ("CFG", "SS only", "PR only", "PRSS"):
     sim = metrics.nearest_training(rows[name], train_images)["similarity"].reshape(len(mem), K).mean(1)
     stamp = metrics.stamp_present(rows[name]).reshape(len(mem), K).mean(1)
     print(f"{name:8s} mean similarity per prompt {np.round(sim, 3)}  stamp rate per prompt {stamp}")

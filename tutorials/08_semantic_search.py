@@ -33,7 +33,7 @@ from prss_mini.guidance.paraphrase import paraphrases, same_meaning
 from prss_mini.guidance.ss import semantic_search
 from prss_mini.judges import Judges
 from prss_mini.pipeline import ToyPipeline
-from prss_mini.world import parse_caption
+from prss_mini.world import num_variants, parse_caption
 
 RUN = get_run()
 OUT = out_dir(__file__)
@@ -42,12 +42,14 @@ FIGURES = ["ss_candidates.png", "ss_images.png"]
 
 sets = prompt_sets(pipe.dataset, per_group=8, seed=0)
 untitled = [p for p, _ in sets["global"] if parse_caption(p)[1] is None]
-titled = [p for p, _ in sets["global"] if parse_caption(p)[1] is not None] or untitled[1:]
+# the titled caption whose image was trained under the most title-keeping variants: the hardest case
+titled = sorted([p for p, _ in sets["global"] if parse_caption(p)[1] is not None],
+                key=lambda p: -num_variants(pipe.dataset, p)) or untitled[1:]
 CASES = {"global": untitled[0], "titled": titled[0], "local": sets["local"][0][0]}
 N_S = 8 if quick() else 25      # candidates per prompt (n_s)
 K, SEED = (2 if quick() else 4), 0
 lam_ss = pipe.thresholds["lambda_ss"]
-print(f"lambda_SS = {lam_ss:.3f} (calibrated: 99th percentile of general prompts' first-step magnitude)")
+print(f"lambda_SS = {lam_ss:.3f} (calibrated: 95th percentile of general prompts' first-step magnitude)")
 
 # %% [markdown]
 # ## The candidates keep the meaning

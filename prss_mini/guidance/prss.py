@@ -79,21 +79,25 @@ def build(pipe, prompt, x_T, guidance_scale, lambda_ss=None, lambda_pr=None, tau
         return eps_u, eps_p
 
     def hook(x_t, t, i):
+        eps_target = None
         if i == 0:
-            eps_u, eps_p = first_step(x_t, t)
-            if not state["triggered"].any():
-                return classifier_free_guidance(eps_u, eps_p, guidance_scale)
-        if not state["triggered"].any():  # nothing memorized: exactly plain CFG, as cfg_hook computes it
-            eps_u, eps_p = predict_noise(pipe.unet, x_t, t, [pipe.empty, e_p])
-            return classifier_free_guidance(eps_u, eps_p, guidance_scale)
-        eps_u, eps_target, eps_p = predict_noise(pipe.unet, x_t, t, [pipe.empty, state["e_target"], e_p])
+            eps_u, eps_p = first_step(x_t, t)  # the search's own first-step predictions, reused
+        elif state["triggered"].all():  # every sample re-anchors: the three predictions in one batched call
+            eps_u, eps_target, eps_p = predict_noise(pipe.unet, x_t, t, [pipe.empty, state["e_target"], e_p])
+        else:  # CFG's own call, so untriggered samples get exactly CFG's images and cost
+            eps_u, eps_p = predict_noise(pipe.unet, x_t, t, [pipe.empty, e_p])           # (B, C, H, W) x 2
+        triggered = state["triggered"]                                                   # (B,) bool
+        cfg_own = classifier_free_guidance(eps_u, eps_p, guidance_scale)
+        if not triggered.any():
+            return cfg_own
+        if eps_target is None:  # the third prediction, on the searched prompt, only for the triggered samples
+            eps_target = eps_p.clone()
+            eps_target[triggered] = predict_noise(pipe.unet, x_t[triggered], t, [state["e_target"][triggered]])[0]
         info["trace"].append(noise_magnitude(eps_target, eps_u))
-        cfg_own = classifier_free_guidance(eps_u, eps_p, guidance_scale)   # untriggered samples of a mixed batch
         if use_pr:
-            eps = prompt_reanchor(eps_u, eps_p, eps_target, guidance_scale,
-                                  th["lambda_pr"], th["tau"])
+            eps = prompt_reanchor(eps_u, eps_p, eps_target, guidance_scale, th["lambda_pr"], th["tau"])
         else:
             eps = classifier_free_guidance(eps_u, eps_target, guidance_scale)
-        return torch.where(state["triggered"].view(-1, 1, 1, 1), eps, cfg_own)
+        return torch.where(triggered.view(-1, 1, 1, 1), eps, cfg_own)
 
     return hook, info
