@@ -68,7 +68,7 @@ print(f"\n{share:.0%} of all training items are the {cfg.num_global} global imag
 for caption in world.memorized_captions(data):
     if world.num_variants(data, caption):
         ids = data["image_id"] == data["image_id"][data["captions"] == caption][0]
-        others = sorted(set(data["captions"][ids]) - {caption})
+        others = sorted(set(data["captions"][ids].tolist()) - {caption})
         print(f"  {caption!r} also appears as {len(others)} variants, e.g. {others[0]!r}")
 
 # %% [markdown]
