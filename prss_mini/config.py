@@ -64,8 +64,7 @@ PRESETS = {
     # one consumer GPU: 32x32 images, a larger UNet, longer training
     "gpu": dict(image_size=32, num_general=8000, num_global=20, global_duplicates=100, num_local=300,
                 title_variants=(3, 5, 7, 9, 11, 13), clip_steps=2000, base_channels=64, channel_mults=(1, 2, 2, 2),
-                num_res_blocks=2,
-                attn_levels=(1, 2, 3), train_steps=30000, batch_size=128, lr=2e-4, judge_steps=3000,
+                num_res_blocks=2, attn_levels=(1, 2, 3), train_steps=30000, batch_size=128, lr=2e-4, judge_steps=3000,
                 checkpoint_every=1000, sample_every=5000),
 }
 

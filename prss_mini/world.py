@@ -250,7 +250,7 @@ def build_dataset(cfg: WorldConfig):
         items.extend([(image, caption, group, attributes, image_id)] * (copies - len(variants)))
         items.extend((image, v, group, attributes, image_id) for v in variants)  # the same image, other words
 
-    memorized_captions = set()
+    fixed_captions = set()
     for k, idx in enumerate(rng.choice(len(train_combos), cfg.num_global, replace=False)):
         title = TITLES[k] if k < num_titled else None
         caption = make_caption(train_combos[idx], rng, title=title)
@@ -258,12 +258,12 @@ def build_dataset(cfg: WorldConfig):
         variant_rng = np.random.default_rng([cfg.seed, k])
         variants = [make_caption(train_combos[idx], variant_rng, title=title)
                     for _ in range(cfg.title_variants[k] if title else 0)]
-        memorized_captions.add(caption)
+        fixed_captions.add(caption)
         add(train_combos[idx], caption, "global", copies=cfg.global_duplicates, variants=variants)
     for _ in range(cfg.num_general):
         attributes = train_combos[rng.integers(len(train_combos))]
         caption = make_caption(attributes, rng)
-        while caption in memorized_captions:  # the memorized strings belong to their images alone
+        while caption in fixed_captions:  # the memorized strings belong to their images alone
             caption = make_caption(attributes, rng)
         add(attributes, caption, "general")
     for _ in range(cfg.num_local):

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from prss_mini.diffusion import classifier_free_guidance
+from prss_mini.evaluate import CountingUNet
 from prss_mini.guidance import build_hook
 from prss_mini.guidance.detect import noise_magnitude
 from prss_mini.guidance.pr import prompt_reanchor
@@ -169,18 +170,8 @@ def test_prss_keeps_the_cfg_image_of_an_untriggered_sample_in_a_mixed_batch(rand
     assert (prss[hit] != cfg[hit]).any()
 
 
-class CountingUNet(torch.nn.Module):
-    def __init__(self, unet):
-        super().__init__()
-        self.unet, self.count = unet, 0
-
-    def forward(self, x, t, context):
-        self.count += len(x)
-        return self.unet(x, t, context)
-
-
 def _unet_evals(pipe, method, **kw):
-    real, pipe.unet = pipe.unet, CountingUNet(pipe.unet)
+    real, pipe.unet = pipe.unet, CountingUNet(pipe.unet)  # the counter evaluate.py measures cost with
     try:
         pipe.generate("a red circle in the top left", method=method, num_images=2, seed=3, num_inference_steps=5,
                       **kw)

@@ -30,7 +30,8 @@ def world():
 
 
 def test_unique_training_images_keeps_one_image_per_id():
-    data = build_dataset(WorldConfig(num_general=20, num_global=2, global_duplicates=5, title_variants=(1,), num_local=3))
+    data = build_dataset(WorldConfig(num_general=20, num_global=2, global_duplicates=5, title_variants=(1,),
+                                     num_local=3))
     images, ids, group = unique_training_images(data)
     assert len(images) == len(ids) == len(group) == len(np.unique(data["image_id"])) == 25
     assert (np.sort(ids) == np.unique(data["image_id"])).all()

@@ -53,7 +53,8 @@ def test_titled_memorized_captions_carry_a_title_word(data):
 
 def test_titled_images_also_appear_under_title_keeping_variants(data):
     titled = [c for c in memorized_captions(data) if parse_caption(c)[1]]
-    for caption, expected in zip(sorted(titled, key=lambda c: TITLES.index(parse_caption(c)[1])), SMALL.title_variants):
+    titled = sorted(titled, key=lambda c: TITLES.index(parse_caption(c)[1]))  # in the order of title_variants
+    for caption, expected in zip(titled, SMALL.title_variants):
         image_id = data["image_id"][data["captions"] == caption][0]
         variants = set(data["captions"][data["image_id"] == image_id]) - {caption}
         assert 0 < num_variants(data, caption) == len(variants) <= expected

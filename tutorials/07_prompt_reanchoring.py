@@ -16,7 +16,7 @@
 # it on memorized prompts.
 
 # %%
-from common import get_run, out_dir, quick, save_grid  # noqa: F401  (save_grid: for your own experiments)
+from common import get_run, image_table, out_dir, quick, save_grid  # noqa: F401  (save_grid: for your own experiments)
 
 import matplotlib
 
@@ -166,7 +166,9 @@ print(f"for scale, CFG on e_ss and full PR differ by up to {float((cfg_target - 
 # magnitude is above lambda_SS (they are "triggered"); the others run plain CFG. The first row is the training
 # image each prompt was memorized from. P1 is the hard case: a titled caption whose image was also trained
 # under other phrasings that keep the title, so every paraphrase still carries part of the memorization. Compare
-# its SS-only and PRSS rows: what SS leaves, PR has to remove.
+# its SS-only and PRSS rows with the printed similarities: what SS leaves, PR has to remove. Then trust your eyes
+# too: the copy metric compares blurred, normalized images, and a sample can score well under the copy threshold
+# while its background still looks like the training image's.
 
 # %%
 K = 2 if quick() else 3
@@ -183,19 +185,8 @@ for j, p in enumerate(mem):
         rows[name].append(images)
 rows = {k: np.concatenate(v) for k, v in rows.items()}
 
-fig, axes = plt.subplots(len(rows), len(mem) * K, squeeze=False,
-                         figsize=(0.9 * len(mem) * K + 1.8, 0.9 * len(rows) + 0.8))
-for r, (label, images) in enumerate(rows.items()):
-    for c, image in enumerate(images):
-        axes[r, c].imshow(image, interpolation="nearest")
-        axes[r, c].set_xticks([]), axes[r, c].set_yticks([])
-    axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
-for c in range(len(mem) * K):
-    axes[0, c].set_title(f"P{c // K} #{c % K}", fontsize=7)
-fig.suptitle("memorized prompts, same seeds: CFG, SS only, PR only, PRSS", fontsize=9)
-fig.tight_layout()
-fig.savefig(f"{OUT}/pr_before_after.png", dpi=100)
-plt.close(fig)
+image_table(rows, [f"P{c // K} #{c % K}" for c in range(len(mem) * K)], f"{OUT}/pr_before_after.png",
+            "memorized prompts, same seeds: CFG, SS only, PR only, PRSS")
 print(f"saved {OUT}/pr_before_after.png\nLook at: rows that match the training image are copies; P2's white centre "
       "label is the local stamp.")
 

@@ -16,7 +16,7 @@
 # a title word (a name no paraphrase may drop: the hard case), and a local "photo by acme" prompt.
 
 # %%
-from common import get_run, out_dir, quick, save_grid  # noqa: F401  (save_grid: for your own experiments)
+from common import get_run, image_table, out_dir, quick, save_grid  # noqa: F401  (save_grid: for your own experiments)
 
 import matplotlib
 
@@ -164,16 +164,8 @@ for case, prompt in CASES.items():
         print(f"  {name:14s} CLIP vs original {clip:.3f}  similarity {sim:.3f}  "
               f"stamp rate {metrics.stamp_present(images).mean():.2f}")
 
-fig, axes = plt.subplots(2, len(CASES) * K, squeeze=False, figsize=(0.9 * len(CASES) * K + 1.8, 2.6))
-for r, (label, parts) in enumerate(rows.items()):
-    for c, image in enumerate(np.concatenate(parts)):
-        axes[r, c].imshow(image, interpolation="nearest")
-        axes[r, c].set_xticks([]), axes[r, c].set_yticks([])
-        axes[0, c].set_title(f"{list(CASES)[c // K]} #{c % K}", fontsize=7)   # column titles on the top row
-    axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
-fig.tight_layout()
-fig.savefig(f"{OUT}/ss_images.png", dpi=100)
-plt.close(fig)
+image_table({label: np.concatenate(parts) for label, parts in rows.items()},
+            [f"{case} #{k}" for case in CASES for k in range(K)], f"{OUT}/ss_images.png")
 print(f"saved {OUT}/ss_images.png\nLook at: an untriggered sample is the same in both rows; a triggered one changes,\n"
       "and should still show the asked-for shape, colour and position.")
 

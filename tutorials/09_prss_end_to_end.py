@@ -17,7 +17,7 @@
 # Then we measure PRSS against everything else, and set the ablation beside the paper's numbers.
 
 # %%
-from common import get_run, out_dir, quick, save_grid  # noqa: F401  (save_grid: for your own experiments)
+from common import get_run, image_table, out_dir, quick, save_grid  # noqa: F401  (save_grid: for your own experiments)
 
 import json
 import os
@@ -64,16 +64,8 @@ for j, (group, prompt) in enumerate(picks):
     for b in np.flatnonzero(info["triggered"]):
         print(f"  sample {b}: e_ss = {info['prompt'][b]!r}, PR ran on {len(info['trace'])} steps")
 
-fig, axes = plt.subplots(2, len(picks) * K, squeeze=False, figsize=(0.9 * len(picks) * K + 1.5, 2.6))
-for r, (label, parts) in enumerate(rows.items()):
-    for c, image in enumerate(np.concatenate(parts)):
-        axes[r, c].imshow(image, interpolation="nearest")
-        axes[r, c].set_xticks([]), axes[r, c].set_yticks([])
-        axes[0, c].set_title(f"{picks[c // K][0]} #{c % K}", fontsize=7)
-    axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
-fig.tight_layout()
-fig.savefig(f"{OUT}/prss_vs_cfg.png", dpi=100)
-plt.close(fig)
+image_table({label: np.concatenate(parts) for label, parts in rows.items()},
+            [f"{group} #{k}" for group, _ in picks for k in range(K)], f"{OUT}/prss_vs_cfg.png")
 print(f"saved {OUT}/prss_vs_cfg.png\nLook at: the general columns should be identical; memorized ones change only "
       "where a sample was triggered.")
 

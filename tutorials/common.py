@@ -93,3 +93,28 @@ def show_rows(rows, labels, path, title):
     plt.close(fig)
     print(f"saved {path}")
     return path
+
+
+def image_table(rows, column_titles, path, title=None):
+    """A table of images: `rows` maps a row label to uint8 (N, H, W, 3) images, one per column; saves a PNG.
+
+    For "same prompts, same seeds, one row per method" figures, where each column must line up across rows."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(column_titles)
+    fig, axes = plt.subplots(len(rows), n, squeeze=False, figsize=(0.9 * n + 1.8, 0.9 * len(rows) + 0.8))
+    for r, (label, images) in enumerate(rows.items()):
+        for c, image in enumerate(images):
+            axes[r, c].imshow(image, interpolation="nearest")
+            axes[r, c].set_xticks([]), axes[r, c].set_yticks([])
+        axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+    for c, name in enumerate(column_titles):
+        axes[0, c].set_title(name, fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -13,9 +13,9 @@ leaves a memorized sample copying. On the cpu run q99 missed 31-44% of the sampl
 whose first-step magnitude sits just above the general tail; q95 missed at most 25% of any one prompt's.
 
 Why not a quantile of the per-step magnitude m_t for lambda_PR: in the toy, m_t of every prompt grows along
-the sampling trajectory (on the cpu run a general prompt's mean goes from 0.4 at the first step to 1.9 at the
-last), so a quantile pooled over steps lands above every target's m_t at every step (3.7 on the cpu run), and
-Prompt Re-anchoring never switches on. That was measured: with that rule PRSS gave SS-only's images.
+the sampling trajectory (on a trial cpu-preset run a general prompt's mean went from 0.4 at the first step to
+1.9 at the last), so a quantile pooled over steps lands above every target's m_t at every step (3.7 on that run),
+and Prompt Re-anchoring never switches on. That was measured: with that rule PRSS gave SS-only's images.
 """
 
 import json

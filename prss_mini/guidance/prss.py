@@ -35,11 +35,11 @@ def resolve_thresholds(pipe, lambda_ss=None, lambda_pr=None, tau=None):
     return given
 
 
-def search_targets(pipe, prompt, candidates, x_T, t, lambda_ss):
-    """Run SS for every sample of x_T (B, C, H, W) at timestep t.
+def search_targets(pipe, prompt, candidates, x_T, t, lambda_ss, e_p=None):
+    """Run SS for every sample of x_T (B, C, H, W) at timestep t; e_p: the prompt's embeddings, if already encoded.
 
     Returns (results: B SearchResults, eps_u, eps_p: the first-step predictions (B, C, H, W), reused by step 0)."""
-    e_p = pipe.encode([prompt])                                                          # (1, L, D)
+    e_p = pipe.encode([prompt]) if e_p is None else e_p                                  # (1, L, D)
     eps_u, eps_p = predict_noise(pipe.unet, x_T, t, [pipe.empty, e_p])                  # (B, C, H, W) x 2
     first_m = noise_magnitude(eps_p, eps_u)                                              # (B,)
     results = []
@@ -65,7 +65,8 @@ def build(pipe, prompt, x_T, guidance_scale, lambda_ss=None, lambda_pr=None, tau
     state = {}
 
     def first_step(x_t, t):
-        results, eps_u, eps_p = search_targets(pipe, prompt, candidates if use_ss else [], x_t, t, th["lambda_ss"])
+        results, eps_u, eps_p = search_targets(pipe, prompt, candidates if use_ss else [], x_t, t, th["lambda_ss"],
+                                               e_p)
         info["triggered"] = [r.triggered for r in results]
         info["prompt"] = [r.prompt for r in results]
         info["magnitudes"] = [r.magnitudes for r in results]
