@@ -31,8 +31,8 @@ SWEEPS = {
     "cfg": [{}],
     # PRSS's trigger threshold spans the privacy axis: a higher lambda_ss triggers (and so changes) fewer
     # samples, up to plain CFG (figures.py counts the cfg point as lambda_ss = infinity); a lower one also makes
-    # the search pickier. tau sets how hard PR re-anchors.
-    "prss": [{}, {"lambda_ss_factor": 0.7}, {"lambda_ss_factor": 1.5}, {"tau_factor": 0.5}],
+    # the search pickier. A larger tau re-anchors more gently; per_prompt detects on all of a prompt's seeds.
+    "prss": [{}, {"lambda_ss_factor": 0.7}, {"lambda_ss_factor": 1.5}, {"tau_factor": 4}, {"per_prompt": True}],
     "pr": [{}],
     "ss": [{}],
     "pe": [{"target_factor": 1.0}, {"target_factor": 0.5}, {"target_factor": 2.0}],
@@ -118,7 +118,7 @@ def run_method(pipe, judges, train_images, sets, method, knobs, num_images, refe
 
 
 def label(method, knobs):
-    return method + "".join(f" {k}={v:g}" for k, v in knobs.items())
+    return method + "".join(f" {k}" if v is True else f" {k}={v:g}" for k, v in knobs.items())
 
 
 def main(argv=None):

@@ -30,13 +30,25 @@ def _points(results, method, group):
     return sorted(pts)
 
 
+def frontier(points):
+    """The points that no other point beats on both axes (as private or more, and more useful), by privacy.
+
+    Between two of them the straight line is reachable too: run one setting on some prompts and the other on
+    the rest, and both averages move linearly."""
+    out = []
+    for privacy, utility in sorted(points, key=lambda p: (p[0], -p[1])):
+        if not out or utility > out[-1][1]:
+            out.append((privacy, utility))
+    return out
+
+
 def dominance(results):
-    """For each baseline point: PRSS's utility at the same privacy level (linear interpolation along PRSS's
-    sweep) minus the baseline's; None where the baseline's privacy lies outside PRSS's range. `dominated` says
-    whether some PRSS point is at least as private AND at least as useful (a comparison valid at any privacy)."""
+    """For each baseline point: PRSS's utility at the same privacy level (linear interpolation along the frontier
+    of PRSS's settings) minus the baseline's; None where the baseline's privacy lies outside PRSS's range.
+    `dominated` says whether some PRSS point is at least as private AND at least as useful."""
     rows = []
     for group in PANELS:
-        prss = _points(results, "prss", group)
+        prss = frontier(_points(results, "prss", group))
         xs, ys = np.array([p for p, _ in prss]), np.array([u for _, u in prss])
         for r in results:
             if r["method"] not in BASELINES:
@@ -51,18 +63,20 @@ def dominance(results):
 
 
 def cost(results):
-    """UNet evaluations per image and wall time relative to plain CFG, on memorized and on control prompts."""
+    """UNet evaluations per image and wall time relative to plain CFG, on memorized and on control prompts.
+
+    One row per method, at its default setting (PE: its first, default target), plus PRSS's per_prompt mode."""
     ref = next(r for r in results if r["method"] == "cfg")["groups"]
     out = {}
     for r in results:
-        if r["label"] != r["method"] and r["method"] != "pe":  # each method's default setting only
+        if r["label"] != r["method"] and r["method"] != "pe" and r["label"] != "prss per_prompt":
             continue
         row = {}
         for name, groups in (("memorized", ("global", "local")), ("control", ("general", "heldout"))):
             sec = np.mean([r["groups"][g]["seconds_per_image"] for g in groups])
             row[name + "_unet_evals_per_image"] = float(np.mean([r["groups"][g]["unet_evals_per_image"] for g in groups]))
             row[name + "_time_vs_cfg"] = float(sec / np.mean([ref[g]["seconds_per_image"] for g in groups]))
-        out.setdefault(r["method"], row)
+        out.setdefault(r["method"] if r["method"] == "pe" else r["label"], row)
     return out
 
 
@@ -113,8 +127,11 @@ def tradeoff_plot(results, path):
     for ax, group in zip(axes, PANELS):
         for method in dict.fromkeys(r["method"] for r in results):
             pts = _points(results, method, group)
-            style = dict(marker="*", ms=12, lw=2.5, color="crimson") if method == "prss" else dict(marker="o", ms=5)
-            ax.plot(*zip(*pts), label=method, **style)
+            if method == "prss":  # every setting as a star, the line along the best ones
+                ax.plot(*zip(*pts), "*", ms=12, color="crimson")
+                ax.plot(*zip(*frontier(pts)), lw=2.5, color="crimson", label="prss (frontier of its settings)")
+            else:
+                ax.plot(*zip(*pts), marker="o", ms=5, label=method)
         ax.set(xlabel=PANELS[group][1], ylabel="judge CLIP score (higher = more useful)",
                title=f"{group} memorization")
         ax.grid(alpha=0.3)

@@ -22,6 +22,8 @@ KNOBS = {
     "lambda_pr": (("prss", "pr", "ss"), float, "PR: plain CFG below this per-step magnitude (default: calibrated)"),
     "tau": (("prss", "pr", "ss"), float, "PR: full re-anchoring from this magnitude on (default: calibrated)"),
     "n_s": (("prss", "ss"), int, "number of paraphrase candidates (default 25)"),
+    "per_prompt": (("prss", "pr", "ss"), bool, "detect and search once for all images, on the RMS of their "
+                                               "magnitudes (the official code's batch norm), not per image"),
     "target": (("pe",), float, "PE: target first-step magnitude (default: calibrated lambda_ss)"),
     "noise_scale": (("gni",), float, "GNI: std of the noise added to the prompt embedding"),
     "num_tokens": (("rta",), int, "RTA: number of random words inserted"),
@@ -60,7 +62,10 @@ def main(argv=None):
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta: 0 deterministic, 1 DDPM-like")
     parser.add_argument("--device", default="cpu")
     for name, (_, kind, help_text) in KNOBS.items():
-        parser.add_argument("--" + name.replace("_", "-"), type=kind, default=None, help=help_text)
+        if kind is bool:  # a switch: absent = the method's default
+            parser.add_argument("--" + name.replace("_", "-"), action="store_true", default=None, help=help_text)
+        else:
+            parser.add_argument("--" + name.replace("_", "-"), type=kind, default=None, help=help_text)
     args = parser.parse_args(argv)
     if not args.out.endswith((".png", ".npz")):
         parser.error(f"--out must end in .png or .npz, got {args.out!r}")

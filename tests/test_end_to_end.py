@@ -73,6 +73,17 @@ def test_sample_cli_writes_npz_with_uint8_images(tiny_run, tmp_path):
         assert f["images"].shape == (3, 16, 16, 3) and f["images"].dtype == np.uint8
 
 
+def test_sample_cli_per_prompt_switch_reaches_prss(tiny_run, tmp_path, monkeypatch):
+    from prss_mini.pipeline import ToyPipeline
+    seen, generate = [], ToyPipeline.generate
+    monkeypatch.setattr(ToyPipeline, "generate", lambda self, *a, **kw: seen.append(kw) or generate(self, *a, **kw))
+    argv = ["--run", str(tiny_run), "--prompt", "a red circle in the top left", "--method", "prss",
+            "--num-images", "2", "--out", str(tmp_path / "x.png"), "--steps", "3"]
+    sample.main(argv)
+    sample.main(argv + ["--per-prompt"])
+    assert "per_prompt" not in seen[0] and seen[1]["per_prompt"] is True
+
+
 def test_sample_cli_writes_a_png_grid(tiny_run, tmp_path):
     out = tmp_path / "x.png"
     sample.main(["--run", str(tiny_run), "--prompt", "a red circle", "--num-images", "2", "--out", str(out),

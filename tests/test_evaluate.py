@@ -55,3 +55,31 @@ def test_sweep_factors_are_multiples_of_the_calibrated_thresholds():
 def test_every_sweep_starts_with_the_method_default_and_prss_spans_both_sides_of_it():
     factors = [k.get("lambda_ss_factor", 1.0) for k in evaluate.SWEEPS["prss"]]
     assert evaluate.SWEEPS["prss"][0] == {} and min(factors) < 1.0 < max(factors)
+
+
+def timed(method, label, seconds, evals):
+    r = result(method, (0.5, 0.5), label)
+    for g in ("global", "local", "general", "heldout"):
+        r["groups"][g] = {"seconds_per_image": seconds, "unet_evals_per_image": evals}
+    return r
+
+
+def test_cost_is_relative_to_cfg_with_one_row_per_default_and_prss_per_prompt():
+    cost = figures.cost([timed("cfg", "cfg", 2.0, 100), timed("prss", "prss", 3.0, 150),
+                         timed("prss", "prss tau_factor=4", 9.0, 150), timed("prss", "prss per_prompt", 2.5, 140),
+                         timed("pe", "pe target_factor=1", 2.2, 102), timed("pe", "pe target_factor=2", 9.0, 102)])
+    assert list(cost) == ["cfg", "prss", "prss per_prompt", "pe"]
+    assert cost["prss"]["memorized_time_vs_cfg"] == pytest.approx(1.5)
+    assert cost["pe"]["control_time_vs_cfg"] == pytest.approx(1.1)
+    assert cost["prss per_prompt"]["control_unet_evals_per_image"] == 140
+
+
+def test_frontier_keeps_the_points_no_other_point_beats_on_both_axes():
+    points = [(0.2, 0.7), (0.25, 0.6), (0.5, 0.9), (0.5, 0.8), (0.9, 0.85)]
+    assert figures.frontier(points) == [(0.2, 0.7), (0.5, 0.9)]
+
+
+def test_a_dominated_prss_setting_does_not_lower_the_curve_baselines_are_compared_with():
+    worse = result("prss", (0.4, 0.5), "prss tau_factor=4")  # less useful than PRSS at 0.2 and at 0.6
+    rows = figures.dominance(PRSS_CURVE + [worse, result("gni", (0.4, 0.7))])
+    assert rows[0]["prss_utility"] == pytest.approx(0.75)

@@ -170,6 +170,61 @@ def test_prss_keeps_the_cfg_image_of_an_untriggered_sample_in_a_mixed_batch(rand
     assert (prss[hit] != cfg[hit]).any()
 
 
+def test_prss_per_prompt_decides_once_on_the_rms_of_the_samples_magnitudes(random_pipe):
+    prompt = "a red circle in the top left"
+    kw = dict(num_images=2, seed=3, num_inference_steps=5)
+    low, high = sorted(_first_step_magnitudes(random_pipe, prompt, **kw))
+    rms = ((low ** 2 + high ** 2) / 2) ** 0.5
+    between = (rms + high) / 2  # above the RMS, below the larger sample's magnitude
+    th = dict(lambda_pr=1.0, tau=2.0, return_info=True, **kw)
+    _, per_sample = random_pipe.generate(prompt, method="prss", lambda_ss=between, **th)
+    _, pooled = random_pipe.generate(prompt, method="prss", lambda_ss=between, per_prompt=True, **th)
+    _, pooled_low = random_pipe.generate(prompt, method="prss", lambda_ss=(low + rms) / 2, per_prompt=True, **th)
+    assert sorted(per_sample["triggered"]) == [False, True]
+    assert pooled["triggered"] == [False, False]
+    assert pooled_low["triggered"] == [True, True] and len(set(pooled_low["prompt"])) == 1  # one search
+
+
+def test_prss_per_prompt_with_one_image_is_the_per_sample_method(random_pipe):
+    prompt = "a red circle in the top left"
+    kw = dict(num_images=1, seed=3, num_inference_steps=5, lambda_ss=0.0, lambda_pr=0.0, tau=1e-6, n_s=4)
+    assert (random_pipe.generate(prompt, method="prss", **kw)
+            == random_pipe.generate(prompt, method="prss", per_prompt=True, **kw)).all()
+
+
+def test_prss_search_gives_each_sample_what_its_own_one_by_one_search_gives(random_pipe):
+    from prss_mini.guidance.detect import first_step_magnitude
+    from prss_mini.guidance.paraphrase import paraphrases
+    prompt, n_s = "a red circle in the top left", 6
+    kw = dict(num_images=3, seed=3, lambda_pr=1.0, tau=2.0, n_s=n_s)  # the run's steps: first_step_magnitude's t
+    candidates = paraphrases(prompt, n=n_s, seed=0)
+    x_T = random_pipe.initial_noise(3, 3)
+    first = first_step_magnitude(random_pipe, random_pipe.encode([prompt] + candidates), x_T)  # (1 + n_s, 3)
+    # under every sample's own magnitude (all trigger), above the smallest candidate's (one search stops early)
+    lambda_ss = float(first[0].min() + first[1:].min()) / 2
+    assert first[1:].min() < first[0].min()
+    _, info = random_pipe.generate(prompt, method="prss", lambda_ss=lambda_ss, return_info=True, **kw)
+    for b in range(3):
+        table = dict(zip([prompt] + candidates, first[:, b].tolist()))
+        alone = semantic_search(prompt, candidates, lambda ps: [table[p] for p in ps], lambda_ss)
+        assert info["prompt"][b] == alone.prompt and list(info["magnitudes"][b]) == list(alone.magnitudes)
+        assert info["magnitudes"][b] == pytest.approx(alone.magnitudes, rel=1e-4)
+    assert len({len(m) for m in info["magnitudes"]}) > 1  # the samples' searches did stop at different places
+
+
+def test_prss_scores_each_candidate_for_all_samples_in_one_unet_call(random_pipe):
+    calls = []
+    real = random_pipe.unet
+    random_pipe.unet = lambda x, t, c: calls.append(len(x)) or real(x, t, c)
+    try:
+        random_pipe.generate("a red circle in the top left", method="prss", num_images=2, seed=3,
+                             num_inference_steps=5, lambda_ss=0.0, lambda_pr=1.0, tau=2.0, n_s=4)
+    finally:
+        random_pipe.unet = real
+    # first step: (u, p), 4 candidates, the target; then (u, target, p) at each of the 4 other steps
+    assert calls == [2 * 2] + [2] * 4 + [2] + [3 * 2] * 4
+
+
 def _unet_evals(pipe, method, **kw):
     real, pipe.unet = pipe.unet, CountingUNet(pipe.unet)  # the counter evaluate.py measures cost with
     try:

@@ -190,6 +190,8 @@ print(f"saved {OUT}/ablation_vs_paper.png")
 #    tutorial: which claims are stable?
 # 2. Halve lambda_SS (`pipe.generate(..., method="prss", lambda_ss=...)`) on the general prompt of the first
 #    cell: some general samples now trigger. What does PRSS cost them in CLIP score?
-# 3. The evaluation also sweeps PRSS's ramp: `tau_factor` 0.5 and 2 put tau at lambda_PR + factor x
-#    (tau - lambda_PR). Find the three PRSS points in tradeoff.png (metrics.json, "prss tau_factor=...") and
-#    explain from the ramp of tutorial 07 which way a smaller tau should move them.
+# 3. The evaluation also sweeps PRSS's ramp: `tau_factor` 4 puts tau at lambda_PR + 4 x (tau - lambda_PR).
+#    Find "prss tau_factor=4" in metrics.json and explain from the ramp of tutorial 07 why it keeps more
+#    attributes and removes fewer stamps than the default.
+# 4. "prss per_prompt" detects once per prompt, on the RMS of the magnitudes of all its seeds (the official
+#    code's norm over its batch). Compare its global copy rate and its false triggers with the default's.

@@ -5,6 +5,12 @@ Per sample (each has its own x_T), at the first step of the loop:
      bit the same images as `cfg`. Otherwise e_ss is the searched paraphrase.
   2. PR at every step of a triggered sample: the memorized prompt is the anchor, e_ss the target.
 
+With per_prompt=True step 1 is done once for all the prompt's samples, on the root mean square of their
+magnitudes: the official code's norm over its whole batch of num_images_per_prompt images, divided by
+sqrt(batch) so that the same lambda_SS applies. More x_T give the detector more evidence (Wen et al. report
+better detection with more generations per prompt). The paper's runs used one image per prompt, where the
+two modes are the same.
+
 The paper's ablation comes from the same code:
     prss  SS target + re-anchoring       pr  PE's optimized embedding as target + re-anchoring (no search)
     ss    SS target, plain CFG on it (no re-anchoring)
@@ -35,28 +41,43 @@ def resolve_thresholds(pipe, lambda_ss=None, lambda_pr=None, tau=None):
     return given
 
 
-def search_targets(pipe, prompt, candidates, x_T, t, lambda_ss, e_p=None):
-    """Run SS for every sample of x_T (B, C, H, W) at timestep t; e_p: the prompt's embeddings, if already encoded.
+def search_targets(pipe, prompt, candidates, x_T, t, lambda_ss, e_p=None, per_prompt=False):
+    """Run SS for every sample of x_T (B, C, H, W) at timestep t (or once for all of them, per_prompt=True);
+    e_p: the prompt's embeddings, if already encoded.
 
     Returns (results: B SearchResults, eps_u, eps_p: the first-step predictions (B, C, H, W), reused by step 0)."""
     e_p = pipe.encode([prompt]) if e_p is None else e_p                                  # (1, L, D)
     eps_u, eps_p = predict_noise(pipe.unet, x_T, t, [pipe.empty, e_p])                  # (B, C, H, W) x 2
+    groups = [list(range(len(x_T)))] if per_prompt else [[b] for b in range(len(x_T))]
+
+    def rms(m):  # one sample: its own magnitude; several: the root mean square of theirs
+        return float(m.pow(2).mean().sqrt())
+
     first_m = noise_magnitude(eps_p, eps_u)                                              # (B,)
+    seen = [{prompt: rms(first_m[g])} for g in groups]  # per group: prompt -> first-step magnitude
+    # The searches run in lockstep, so that candidate k is scored for every group still searching in ONE UNet
+    # call: each group gets exactly the magnitudes its own one-by-one search would ask for, in fewer calls.
+    searching = [i for i, g in enumerate(groups) if seen[i][prompt] > lambda_ss]
+    for candidate in dict.fromkeys(c for c in candidates if c != prompt):               # in order, no repeats
+        if not searching:
+            break
+        rows = [b for i in searching for b in groups[i]]
+        eps_c = predict_noise(pipe.unet, x_T[rows], t, [pipe.encode([candidate])])[0]   # (n, C, H, W)
+        m = dict(zip(rows, noise_magnitude(eps_c, eps_u[rows])))                         # row -> magnitude
+        for i in searching:
+            seen[i][candidate] = rms(torch.stack([m[b] for b in groups[i]]))
+        searching = [i for i in searching if seen[i][candidate] > lambda_ss]
     results = []
-    for b in range(len(x_T)):
-        def magnitude_fn(prompts, b=b):  # first-step magnitudes of `prompts` on this sample's x_T
-            if prompts == [prompt]:
-                return [float(first_m[b])]  # already computed above
-            eps_c = predict_noise(pipe.unet, x_T[b:b + 1].expand(len(prompts), -1, -1, -1), t,
-                                  [pipe.encode(prompts)])[0]                             # (P, C, H, W)
-            return noise_magnitude(eps_c, eps_u[b:b + 1].expand_as(eps_c)).tolist()
-        results.append(semantic_search(prompt, candidates, magnitude_fn, lambda_ss))
+    for i, g in enumerate(groups):  # the search's own rules (ss.py), on the magnitudes measured above
+        results += [semantic_search(prompt, candidates, lambda ps, i=i: [seen[i][q] for q in ps], lambda_ss)] * len(g)
     return results, eps_u, eps_p
 
 
 def build(pipe, prompt, x_T, guidance_scale, lambda_ss=None, lambda_pr=None, tau=None, candidates=None, n_s=25,
-          use_ss=True, use_pr=True, paraphrase_seed=0):
-    """Hook for PRSS (or, with use_ss / use_pr off, its ablations) on `prompt` for every x_T (B, C, H, W)."""
+          use_ss=True, use_pr=True, paraphrase_seed=0, per_prompt=False):
+    """Hook for PRSS (or, with use_ss / use_pr off, its ablations) on `prompt` for every x_T (B, C, H, W).
+
+    per_prompt: one detection and search for all samples, on the RMS of their magnitudes (see the top)."""
     th = resolve_thresholds(pipe, lambda_ss, lambda_pr, tau)
     if candidates is None:
         candidates = paraphrases(prompt, n=n_s, seed=paraphrase_seed) if use_ss else []
@@ -66,7 +87,7 @@ def build(pipe, prompt, x_T, guidance_scale, lambda_ss=None, lambda_pr=None, tau
 
     def first_step(x_t, t):
         results, eps_u, eps_p = search_targets(pipe, prompt, candidates if use_ss else [], x_t, t, th["lambda_ss"],
-                                               e_p)
+                                               e_p, per_prompt)
         info["triggered"] = [r.triggered for r in results]
         info["prompt"] = [r.prompt for r in results]
         info["magnitudes"] = [r.magnitudes for r in results]
