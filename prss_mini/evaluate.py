@@ -7,6 +7,7 @@ Protocol (../shared/PRSS-MATH.md, "Evaluation protocol", in miniature): the same
 for every method; privacy = similarity to the nearest training image (and the d1/d2 test, and the stamp for
 local memorization); utility = judge CLIP score against the ORIGINAL prompt and attribute accuracy.
 Writes to RUN/eval/ (or --out): metrics.json, metrics.csv, tradeoff.png, ablation.md, grid.png, traces.png, roc.png.
+While it runs, partial.npz there holds every finished prompt: rerun the same command to resume after Ctrl-C.
 """
 
 import argparse
@@ -84,37 +85,104 @@ def resolve_knobs(pipe, method, knobs):
     return knobs
 
 
-def run_method(pipe, judges, train_images, sets, method, knobs, num_images, reference=None):
-    """Generate every prompt of every group with one method setting and measure it. Returns (rows, images)."""
+MEASURES = ("similarity", "copy", "ratio_copy", "stamp", "clip", "attr", "triggered", "identical")
+
+
+def measure(judges, train_images, images, prompt, attributes, info, reference=None):
+    """Privacy and utility of one prompt's images uint8 (K, H, W, 3): measure -> K values (see MEASURES)."""
+    near = metrics.nearest_training(images, train_images)
+    values = {"similarity": near["similarity"], "copy": metrics.is_copy(near["similarity"]),
+              "ratio_copy": metrics.ratio_copy(near["d1"], near["d2"]), "stamp": metrics.stamp_present(images),
+              "clip": judges.clip_score(images, [prompt] * len(images)),
+              "attr": judges.attribute_correct(images, np.repeat(attributes[None], len(images), 0)).mean(1),
+              "triggered": info.get("triggered", [False] * len(images))}
+    if reference is not None:  # same seed, same x_T: is it plain CFG's image, bit for bit?
+        values["identical"] = (images == reference).all(axis=(1, 2, 3))
+    return {k: [float(v) for v in vals] for k, vals in values.items()}
+
+
+def _signature(pipe, jobs, sets, num_images):
+    """What a saved partial evaluation must match to be resumed: settings, prompts, seeds, thresholds, model."""
+    model = os.path.join(pipe.run_dir, "unet.pt") if getattr(pipe, "run_dir", None) else None
+    stamp = [os.path.getsize(model), os.path.getmtime(model)] if model and os.path.exists(model) else None
+    return json.dumps({"jobs": jobs, "prompts": {g: [p for p, _ in v] for g, v in sets.items()},
+                       "num_images": num_images, "thresholds": getattr(pipe, "thresholds", None), "model": stamp},
+                      sort_keys=True, default=float)
+
+
+def _load_partial(path, signature):
+    """(job index, group, prompt index) -> finished entry, from `path` if it holds this same evaluation."""
+    if path is None or not os.path.exists(path):
+        return {}
+    with np.load(path, allow_pickle=False) as f:
+        meta = json.loads(str(f["meta"]))
+        if meta["signature"] != signature:
+            print(f"{path} belongs to another evaluation: starting afresh")
+            return {}
+        done = {}
+        for name, entry in meta["entries"].items():
+            k, group, j = name.split("|")
+            done[(int(k), group, int(j))] = {**entry, "images": f[name]}
+    print(f"resuming from {path}: {len(done)} prompt x setting runs already done")
+    return done
+
+
+def _save_partial(path, done, signature):
+    if path is None:
+        return
+    names = {f"{k}|{g}|{j}": e for (k, g, j), e in done.items()}
+    meta = {"signature": signature, "entries": {n: {key: v for key, v in e.items() if key != "images"}
+                                                for n, e in names.items()}}
+    np.savez(path + ".tmp.npz", meta=np.array(json.dumps(meta)), **{n: e["images"] for n, e in names.items()})
+    os.replace(path + ".tmp.npz", path)  # atomic: an interruption leaves the previous file whole
+
+
+def run_jobs(pipe, judges, train_images, sets, jobs, num_images, partial_path=None, progress=True):
+    """Generate every prompt of every group with every (method, knobs) job and measure it. Returns (results,
+    images): one result dict and one {(group, j): uint8 (K, H, W, 3)} per job.
+
+    Prompt by prompt, all jobs back to back: this machine's speed drifts by about 10% over minutes, and this
+    way a drift hits every method alike, so the time ratios compare like with like. jobs[0] must be plain
+    CFG, whose images the others are compared with. With `partial_path` (.npz) every finished prompt is saved,
+    and a rerun of the same evaluation resumes after it: an interrupted run loses nothing it finished."""
+    if not jobs or tuple(jobs[0]) != ("cfg", {}):
+        raise ValueError("jobs[0] must be ('cfg', {}): every other method is compared with plain CFG's images")
+    from tqdm.auto import tqdm
+
+    signature = _signature(pipe, jobs, sets, num_images)
+    done = _load_partial(partial_path, signature)
     counter = CountingUNet(pipe.unet)
     real_unet, pipe.unet = pipe.unet, counter
-    rows, images = {}, {}
     try:
-        for group, prompts in sets.items():
-            per = {k: [] for k in ("similarity", "copy", "ratio_copy", "stamp", "clip", "attr", "triggered",
-                                   "identical")}
-            count0, t0 = counter.count, time.perf_counter()
-            for j, (prompt, attributes) in enumerate(prompts):
-                out, info = pipe.generate(prompt, method=method, num_images=num_images, seed=1000 + j,
-                                          return_info=True, **resolve_knobs(pipe, method, knobs))
-                images[(group, j)] = out
-                near = metrics.nearest_training(out, train_images)
-                per["similarity"] += list(near["similarity"])
-                per["copy"] += list(metrics.is_copy(near["similarity"]))
-                per["ratio_copy"] += list(metrics.ratio_copy(near["d1"], near["d2"]))
-                per["stamp"] += list(metrics.stamp_present(out))
-                per["clip"] += list(judges.clip_score(out, [prompt] * len(out)))
-                per["attr"] += list(judges.attribute_correct(out, np.repeat(attributes[None], len(out), 0)).mean(1))
-                per["triggered"] += list(info.get("triggered", [False] * len(out)))
-                if reference is not None:
-                    per["identical"] += list((out == reference[(group, j)]).all(axis=(1, 2, 3)))
-            n = len(prompts) * num_images
-            rows[group] = {k: float(np.mean(v)) for k, v in per.items() if v}
-            rows[group]["unet_evals_per_image"] = (counter.count - count0) / n
-            rows[group]["seconds_per_image"] = (time.perf_counter() - t0) / n
+        with tqdm(total=sum(map(len, sets.values())) * len(jobs), desc="prompts x settings",
+                  disable=not progress) as bar:
+            for group, prompts in sets.items():
+                for j, (prompt, attributes) in enumerate(prompts):
+                    for k, (method, knobs) in enumerate(jobs):
+                        if (k, group, j) not in done:
+                            count0, t0 = counter.count, time.perf_counter()
+                            out, info = pipe.generate(prompt, method=method, num_images=num_images, seed=1000 + j,
+                                                      return_info=True, **resolve_knobs(pipe, method, knobs))
+                            entry = {"seconds": time.perf_counter() - t0, "evals": counter.count - count0}
+                            reference = done[(0, group, j)]["images"] if k else None
+                            entry.update(measure(judges, train_images, out, prompt, attributes, info, reference))
+                            done[(k, group, j)] = {**entry, "images": out}
+                        bar.update()
+                    _save_partial(partial_path, done, signature)
     finally:
         pipe.unet = real_unet
-    return rows, images
+    results, images = [], []
+    for k, (method, knobs) in enumerate(jobs):
+        rows = {}
+        for group, prompts in sets.items():
+            entries = [done[(k, group, j)] for j in range(len(prompts))]
+            n = len(prompts) * num_images
+            rows[group] = {m: float(np.mean([v for e in entries for v in e[m]])) for m in MEASURES if m in entries[0]}
+            rows[group]["unet_evals_per_image"] = sum(e["evals"] for e in entries) / n
+            rows[group]["seconds_per_image"] = sum(e["seconds"] for e in entries) / n
+        results.append({"method": method, "knobs": knobs, "label": label(method, knobs), "groups": rows})
+        images.append({(group, j): done[(k, group, j)]["images"] for group in sets for j in range(len(sets[group]))})
+    return results, images
 
 
 def label(method, knobs):
@@ -135,8 +203,7 @@ def main(argv=None):
     unknown = [m for m in methods if m not in SWEEPS]
     if unknown:
         parser.error(f"unknown method(s) {unknown}; choose from {', '.join(SWEEPS)}")
-    if "cfg" not in methods:
-        methods = ["cfg"] + methods  # the reference every other method is compared with
+    methods = ["cfg"] + [m for m in methods if m != "cfg"]  # the reference every other method is compared with
     if args.quick:
         args.per_group, args.num_images = 2, 1
     try:
@@ -146,8 +213,6 @@ def main(argv=None):
         judges = Judges.load(args.run, device=args.device)
     except CheckpointError as e:
         sys.exit(f"error: {e}")
-    from tqdm.auto import tqdm
-
     from . import figures
 
     out_dir = args.out or os.path.join(args.run, "eval")
@@ -158,18 +223,14 @@ def main(argv=None):
         sets = {g: p[:2] for g, p in sets.items()}
     print(f"thresholds: {json.dumps({k: round(v, 3) for k, v in pipe.thresholds.items() if k in ('lambda_ss', 'lambda_pr', 'tau')})}")
 
-    results, grid_images, reference = [], {}, None
     jobs = [(m, k) for m in methods for k in (SWEEPS[m][:1] if args.quick else SWEEPS[m])]
-    for method, knobs in tqdm(jobs, desc="methods x knobs"):
-        rows, images = run_method(pipe, judges, train_images, sets, method, knobs, args.num_images, reference)
-        if method == "cfg":
-            reference = images
-        if knobs == SWEEPS[method][0]:
-            grid_images[method] = images
-        results.append({"method": method, "knobs": knobs, "label": label(method, knobs), "groups": rows})
-        tqdm.write(f"{label(method, knobs):32s} global sim {rows['global']['similarity']:.3f} "
-                   f"copy {rows['global']['copy']:.2f}  local stamp {rows['local']['stamp']:.2f}  "
-                   f"clip {rows['global']['clip']:.3f}  attr {rows['global']['attr']:.2f}")
+    partial = os.path.join(out_dir, "partial.npz")
+    results, images = run_jobs(pipe, judges, train_images, sets, jobs, args.num_images, partial)
+    grid_images = {m: im for (m, k), im in zip(jobs, images) if k == SWEEPS[m][0]}
+    for r in results:
+        g = r["groups"]
+        print(f"{r['label']:32s} global sim {g['global']['similarity']:.3f} copy {g['global']['copy']:.2f}  "
+              f"local stamp {g['local']['stamp']:.2f}  clip {g['global']['clip']:.3f}  attr {g['global']['attr']:.2f}")
 
     summary = figures.summarize(results)
     scores = figures.trace_and_roc_plots(pipe, sets, out_dir)  # first-step detection scores, per group
@@ -194,6 +255,7 @@ def main(argv=None):
     figures.method_grid(grid_images, sets, os.path.join(out_dir, "grid.png"))
     print(open(os.path.join(out_dir, "ablation.md")).read())
     print("first-step detection ROC-AUC: " + ", ".join(f"{g} {detection[f'roc_auc_{g}']:.3f}" for g in MEMORIZED))
+    os.remove(partial)  # everything is in metrics.json now
     print(f"wrote {out_dir}: metrics.json metrics.csv ablation.md tradeoff.png grid.png traces.png roc.png")
 
 

@@ -43,19 +43,21 @@ def frontier(points):
 
 
 def dominance(results):
-    """For each baseline point: PRSS's utility at the same privacy level (linear interpolation along the frontier
-    of PRSS's settings) minus the baseline's; None where the baseline's privacy lies outside PRSS's range.
-    `dominated` says whether some PRSS point is at least as private AND at least as useful."""
+    """For each baseline point: PRSS's utility at the same privacy level minus the baseline's. PRSS's utility at
+    a privacy level is the best it reaches there or anywhere more private: linear along the frontier of its
+    settings, flat after the frontier's last point. None where the baseline's privacy lies outside the range of
+    PRSS's settings. `dominated`: some PRSS point is at least as private AND at least as useful."""
     rows = []
     for group in PANELS:
-        prss = frontier(_points(results, "prss", group))
-        xs, ys = np.array([p for p, _ in prss]), np.array([u for _, u in prss])
+        points = _points(results, "prss", group)
+        xs, ys = np.array(points).T if points else (np.zeros(0), np.zeros(0))
+        front = np.array(frontier(points)).T if points else None
         for r in results:
             if r["method"] not in BASELINES:
                 continue
             priv, util = r["groups"][group][PANELS[group][0]], r["groups"][group]["clip"]
             inside = len(xs) and xs.min() - 1e-9 <= priv <= xs.max() + 1e-9
-            at = float(np.interp(priv, xs, ys)) if inside else None
+            at = float(np.interp(priv, front[0], front[1])) if inside else None
             rows.append({"panel": group, "baseline": r["label"], "privacy": priv, "utility": util,
                          "prss_utility": at, "margin": None if at is None else at - util,
                          "dominated": bool(((xs <= priv + 1e-9) & (ys >= util - 1e-9)).any())})

@@ -1,7 +1,8 @@
-"""The evaluation's bookkeeping: sweep knobs, and the dominance comparison on the privacy-utility plane."""
+"""The evaluation's bookkeeping: sweep knobs, dominance on the privacy-utility plane, cost, and resuming."""
 
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from prss_mini import evaluate, figures
@@ -83,3 +84,50 @@ def test_a_dominated_prss_setting_does_not_lower_the_curve_baselines_are_compare
     worse = result("prss", (0.4, 0.5), "prss tau_factor=4")  # less useful than PRSS at 0.2 and at 0.6
     rows = figures.dominance(PRSS_CURVE + [worse, result("gni", (0.4, 0.7))])
     assert rows[0]["prss_utility"] == pytest.approx(0.75)
+
+
+def test_past_the_frontier_prss_keeps_the_utility_of_its_more_private_settings():
+    curve = [result("prss", (0.0, 0.7)), result("cfg", (1.0, 0.6))]  # CFG: less private AND less useful
+    rows = figures.dominance(curve + [result("gni", (0.9, 0.65))])
+    assert rows[0]["prss_utility"] == pytest.approx(0.7) and rows[0]["dominated"]
+
+
+def _stub_judges():
+    return SimpleNamespace(clip_score=lambda images, prompts: np.zeros(len(images)),
+                           attribute_correct=lambda images, attributes: np.ones((len(images), 3), bool))
+
+
+SETS = {"global": [("a red circle in the top left", np.zeros(3, int)), ("a blue square", np.zeros(3, int))]}
+JOBS = [("cfg", {}), ("lowcfg", {"guidance_scale": 1.0})]
+
+
+def _run(pipe, path):
+    train = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
+    return evaluate.run_jobs(pipe, _stub_judges(), train, SETS, JOBS, 2, path, progress=False)
+
+
+def test_an_interrupted_evaluation_resumes_after_the_last_finished_prompt(random_pipe, tmp_path, monkeypatch):
+    path, generate, calls = str(tmp_path / "partial.npz"), type(random_pipe).generate, []
+
+    def generate_then_stop(self, *args, **kw):
+        if len(calls) == 3:  # the second prompt's second setting: Ctrl-C
+            raise KeyboardInterrupt
+        calls.append(args[0])
+        return generate(self, *args, **kw, num_inference_steps=3)
+
+    monkeypatch.setattr(type(random_pipe), "generate", generate_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        _run(random_pipe, path)
+    calls.clear()
+    resumed, images = _run(random_pipe, path)
+    assert calls == ["a blue square", "a blue square"]  # the first prompt was not generated again
+    monkeypatch.setattr(type(random_pipe), "generate", lambda self, *a, **kw: generate(self, *a, **kw,
+                                                                                    num_inference_steps=3))
+    fresh, fresh_images = _run(random_pipe, None)
+    assert all((images[k][key] == fresh_images[k][key]).all() for k in range(2) for key in images[k])
+    assert resumed[1]["groups"]["global"]["identical"] == fresh[1]["groups"]["global"]["identical"]
+
+
+def test_run_jobs_needs_plain_cfg_first(random_pipe):
+    with pytest.raises(ValueError, match="jobs\\[0\\] must be"):
+        evaluate.run_jobs(random_pipe, _stub_judges(), None, SETS, JOBS[::-1], 1)

@@ -139,6 +139,22 @@ for case, prompt in CASES.items():
               f"scored {len(r.magnitudes):2d}  chose {chose}")
 
 # %% [markdown]
+# ## One decision per sample, or one per prompt
+#
+# `prss.py` runs the test on each sample's own x_T, as the paper's runs did (one image per prompt). The
+# official code takes the norm over its whole batch of images, so with several images per prompt it decides
+# once for all of them. `per_prompt=True` does that, on the root mean square of the samples' magnitudes (the
+# batch norm divided by sqrt(K), so the same lambda_SS applies). More x_T are more evidence (Wen et al. report
+# better detection with more generations per prompt); the price is that a sample's fate depends on its batch.
+
+# %%
+for case, prompt in CASES.items():
+    m = mags[case][0]                                                  # (K,): the prompt's m on each x_T
+    rms = float(m.pow(2).mean().sqrt())
+    print(f"[{case}] per sample: m {[round(v, 3) for v in m.tolist()]} -> triggered {(m > lam_ss).tolist()}; "
+          f"per prompt: RMS {rms:.3f} -> triggered {rms > lam_ss}")
+
+# %% [markdown]
 # ## What the search buys: images
 #
 # Top row: plain CFG on the original prompt. Bottom row: the method `ss` (SS only, no PR) with the same
@@ -178,3 +194,6 @@ print(f"saved {OUT}/ss_images.png\nLook at: an untriggered sample is the same in
 #    hard for SS? (Hint: what do all their candidates share?)
 # 3. For the local prompt, compare the magnitudes of the candidates that still say "photo by acme" with
 #    those that say "acme photo": does the exact credit string carry the memorization?
+# 4. On the cpu run, the zorvex caption is the memorized prompt whose samples most often stay under lambda_SS.
+#    Put it in `CASES["titled"]`, set K = 8, and compare the per-sample and the per-prompt decisions. Which
+#    misses copy (`pipe.generate(..., method="prss")` with and without `per_prompt=True`)?

@@ -72,10 +72,10 @@ print(f"saved {OUT}/prss_vs_cfg.png\nLook at: the general columns should be iden
 # %% [markdown]
 # ## The evaluation: every method, same prompts, same seeds
 #
-# `python -m prss_mini.evaluate --run RUN` samples all global prompts and 8 each of the local, general and
+# `python -m prss_mini.evaluate --run RUN` samples all global prompts and 5 each of the local, general and
 # held-out ones for every method and knob setting, and writes RUN/eval/ (about 12 minutes on the `cpu` run).
 # Here: if RUN/eval/metrics.json exists we reuse it (rerun the command after retraining!). In quick mode we
-# call the same machinery (`evaluate.run_method`, `figures.*`) on 2 prompts per group and 1 image, writing
+# call the same machinery (`evaluate.run_jobs`, `figures.*`) on 2 prompts per group and 1 image, writing
 # only into this tutorial's folder, so a finished evaluation in RUN/eval is never overwritten by a smoke run.
 
 # %%
@@ -84,13 +84,10 @@ if quick():
     judges = Judges.load(RUN)
     train_images, _, _ = metrics.unique_training_images(pipe.dataset)
     small = {g: p[:2] for g, p in evaluate.prompt_sets(pipe.dataset, per_group=2, seed=0).items()}
-    results, grid_images, reference = [], {}, None
-    for method in ("cfg", "pe", "pr", "ss", "prss", "lowcfg"):   # the ablation, and the trivial baseline
-        knobs = evaluate.SWEEPS[method][0]
-        groups, images = evaluate.run_method(pipe, judges, train_images, small, method, knobs, 1, reference)
-        reference = images if method == "cfg" else reference
-        grid_images[method] = images
-        results.append({"method": method, "knobs": knobs, "label": evaluate.label(method, knobs), "groups": groups})
+    methods = ("cfg", "pe", "pr", "ss", "prss", "lowcfg")   # the ablation, and the trivial baseline
+    jobs = [(m, evaluate.SWEEPS[m][0]) for m in methods]
+    results, images = evaluate.run_jobs(pipe, judges, train_images, small, jobs, 1)
+    grid_images = dict(zip(methods, images))
     report = {"results": results, **figures.summarize(results)}
     figures.tradeoff_plot(results, os.path.join(OUT, "tradeoff.png"))
     figures.method_grid(grid_images, small, os.path.join(OUT, "grid.png"))
