@@ -15,6 +15,8 @@ import numpy as np
 PANELS = {"global": ("similarity", "similarity to nearest training image (lower = more private)"),
           "local": ("stamp", "stamp rate (lower = more private)")}
 BASELINES = ("pe", "gni", "rta", "lowcfg", "transition")
+COLOURS = {"pe": "tab:blue", "pr": "tab:orange", "ss": "tab:green", "gni": "tab:purple", "rta": "tab:brown",
+           "lowcfg": "tab:pink", "transition": "tab:gray"}  # no red: red is PRSS
 ABLATION = [("cfg", "none (plain CFG)"), ("pe", "PE (Wen et al.)"), ("pr", "PR only (target: PE embedding)"),
             ("ss", "SS only"), ("prss", "PR + SS (PRSS)")]
 
@@ -129,11 +131,15 @@ def tradeoff_plot(results, path):
     for ax, group in zip(axes, PANELS):
         for method in dict.fromkeys(r["method"] for r in results):
             pts = _points(results, method, group)
-            if method == "prss":  # every setting as a star, the line along the best ones
+            if method == "prss":  # every setting as a star, the line along the best ones (flat past the last)
+                front = frontier(pts)
                 ax.plot(*zip(*pts), "*", ms=12, color="crimson")
-                ax.plot(*zip(*frontier(pts)), lw=2.5, color="crimson", label="prss (frontier of its settings)")
+                ax.plot(*zip(*front), lw=2.5, color="crimson", label="prss (frontier of its settings)")
+                ax.plot([front[-1][0], pts[-1][0]], [front[-1][1]] * 2, lw=1.5, ls="--", color="crimson")
+            elif method == "cfg":
+                ax.plot(*zip(*pts), "X", ms=10, color="black", label="cfg (no mitigation)")
             else:
-                ax.plot(*zip(*pts), marker="o", ms=5, label=method)
+                ax.plot(*zip(*pts), marker="o", ms=5, label=method, color=COLOURS.get(method))
         ax.set(xlabel=PANELS[group][1], ylabel="judge CLIP score (higher = more useful)",
                title=f"{group} memorization")
         ax.grid(alpha=0.3)
