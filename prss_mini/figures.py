@@ -73,14 +73,15 @@ def cost(results):
     ref = next(r for r in results if r["method"] == "cfg")["groups"]
     out = {}
     for r in results:
-        if r["label"] != r["method"] and r["method"] != "pe" and r["label"] != "prss per_prompt":
+        shown = r["label"] == r["method"] or r["method"] == "pe" or r["label"] == "prss per_prompt"
+        if not shown:
             continue
         row = {}
         for name, groups in (("memorized", ("global", "local")), ("control", ("general", "heldout"))):
             sec = np.mean([r["groups"][g]["seconds_per_image"] for g in groups])
             row[name + "_unet_evals_per_image"] = float(np.mean([r["groups"][g]["unet_evals_per_image"] for g in groups]))
             row[name + "_time_vs_cfg"] = float(sec / np.mean([ref[g]["seconds_per_image"] for g in groups]))
-        out.setdefault(r["method"] if r["method"] == "pe" else r["label"], row)
+        out.setdefault("pe" if r["method"] == "pe" else r["label"], row)  # PE: its first (default) target
     return out
 
 
