@@ -74,7 +74,6 @@ def test_sample_cli_writes_npz_with_uint8_images(tiny_run, tmp_path):
 
 
 def test_sample_cli_per_prompt_switch_reaches_prss(tiny_run, tmp_path, monkeypatch):
-    from prss_mini.pipeline import ToyPipeline
     seen, generate = [], ToyPipeline.generate
     monkeypatch.setattr(ToyPipeline, "generate", lambda self, *a, **kw: seen.append(kw) or generate(self, *a, **kw))
     argv = ["--run", str(tiny_run), "--prompt", "a red circle in the top left", "--method", "prss",

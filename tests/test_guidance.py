@@ -6,7 +6,8 @@ import torch
 from prss_mini.diffusion import classifier_free_guidance
 from prss_mini.evaluate import CountingUNet
 from prss_mini.guidance import build_hook
-from prss_mini.guidance.detect import noise_magnitude
+from prss_mini.guidance.detect import first_step_magnitude, noise_magnitude
+from prss_mini.guidance.paraphrase import paraphrases
 from prss_mini.guidance.pr import prompt_reanchor
 from prss_mini.guidance.ss import semantic_search
 
@@ -193,8 +194,6 @@ def test_prss_per_prompt_with_one_image_is_the_per_sample_method(random_pipe):
 
 
 def test_prss_search_gives_each_sample_what_its_own_one_by_one_search_gives(random_pipe):
-    from prss_mini.guidance.detect import first_step_magnitude
-    from prss_mini.guidance.paraphrase import paraphrases
     prompt, n_s = "a red circle in the top left", 6
     kw = dict(num_images=3, seed=3, lambda_pr=1.0, tau=2.0, n_s=n_s)  # the run's steps: first_step_magnitude's t
     candidates = paraphrases(prompt, n=n_s, seed=0)

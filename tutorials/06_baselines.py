@@ -23,7 +23,8 @@
 # Lower guidance is the trivial trade-off: any method worth having must sit above its curve.
 
 # %%
-from common import get_run, out_dir, quick, save_grid  # noqa: F401  (save_grid: for your own experiments)
+# save_grid: imported for your own experiments
+from common import get_run, hardest_titled, out_dir, quick, save_grid  # noqa: F401
 
 import time
 
@@ -37,7 +38,7 @@ from prss_mini import metrics
 from prss_mini.evaluate import CountingUNet, prompt_sets
 from prss_mini.judges import Judges
 from prss_mini.pipeline import ToyPipeline
-from prss_mini.world import num_variants, parse_caption
+from prss_mini.world import parse_caption
 
 RUN = get_run()
 OUT = out_dir(__file__)
@@ -48,9 +49,8 @@ judges = Judges.load(RUN)
 train_images, _, _ = metrics.unique_training_images(pipe.dataset)   # one copy of each training image
 sets = prompt_sets(pipe.dataset, per_group=8, seed=0)               # group -> [(prompt, attributes (3,))]
 untitled = [p for p in sets["global"] if parse_caption(p[0])[1] is None]
-# the titled caption whose image was trained under the most title-keeping variants: the hardest case
-titled = sorted([p for p in sets["global"] if parse_caption(p[0])[1] is not None],
-                key=lambda p: -num_variants(pipe.dataset, p[0])) or untitled[1:]
+hardest = hardest_titled([p for p, _ in sets["global"]], pipe.dataset)   # titled prompts, the hard case first
+titled = sorted([pa for pa in sets["global"] if pa[0] in hardest], key=lambda pa: hardest.index(pa[0])) or untitled[1:]
 steps, s = pipe.config.num_inference_steps, pipe.config.guidance_scale
 lam_ss = pipe.thresholds["lambda_ss"]   # PE's default target: the calibrated SS threshold (tutorial 08)
 print(f"DDIM steps {steps}, guidance scale s = {s}, calibrated lambda_SS = {lam_ss:.3f}")

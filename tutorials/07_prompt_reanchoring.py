@@ -16,7 +16,8 @@
 # it on memorized prompts.
 
 # %%
-from common import get_run, image_table, out_dir, quick, save_grid  # noqa: F401  (save_grid: for your own experiments)
+# save_grid: imported for your own experiments
+from common import get_run, hardest_titled, image_table, out_dir, quick, save_grid  # noqa: F401
 
 import matplotlib
 
@@ -32,7 +33,7 @@ from prss_mini.guidance.detect import magnitude_trace, noise_magnitude
 from prss_mini.guidance.paraphrase import paraphrases
 from prss_mini.guidance.pr import prompt_reanchor, reanchor_strength
 from prss_mini.pipeline import ToyPipeline
-from prss_mini.world import num_variants, parse_caption
+from prss_mini.world import parse_caption
 
 RUN = get_run()
 OUT = out_dir(__file__)
@@ -41,9 +42,7 @@ FIGURES = ["pr_geometry.png", "pr_ramp.png", "pr_before_after.png", "pr_traces.p
 
 sets = prompt_sets(pipe.dataset, per_group=8, seed=0)
 untitled = [p for p, _ in sets["global"] if parse_caption(p)[1] is None]
-# the titled caption whose image was trained under the most title-keeping variants: the hardest case
-titled = sorted([p for p, _ in sets["global"] if parse_caption(p)[1] is not None],
-                key=lambda p: -num_variants(pipe.dataset, p)) or untitled[1:]
+titled = hardest_titled([p for p, _ in sets["global"]], pipe.dataset) or untitled[1:]   # the hard case first
 s, steps = pipe.config.guidance_scale, pipe.config.num_inference_steps
 lam_pr, tau = pipe.thresholds["lambda_pr"], pipe.thresholds["tau"]
 print(f"s = {s}, lambda_PR = {lam_pr:.3f}, tau = {tau:.3f} (calibrated, see prss_mini/guidance/calibrate.py)")

@@ -16,7 +16,8 @@
 # a title word (a name no paraphrase may drop: the hard case), and a local "photo by acme" prompt.
 
 # %%
-from common import get_run, image_table, out_dir, quick, save_grid  # noqa: F401  (save_grid: for your own experiments)
+# save_grid: imported for your own experiments
+from common import get_run, hardest_titled, image_table, out_dir, quick, save_grid  # noqa: F401
 
 import matplotlib
 
@@ -33,7 +34,7 @@ from prss_mini.guidance.paraphrase import paraphrases, same_meaning
 from prss_mini.guidance.ss import semantic_search
 from prss_mini.judges import Judges
 from prss_mini.pipeline import ToyPipeline
-from prss_mini.world import num_variants, parse_caption
+from prss_mini.world import parse_caption
 
 RUN = get_run()
 OUT = out_dir(__file__)
@@ -42,9 +43,7 @@ FIGURES = ["ss_candidates.png", "ss_images.png"]
 
 sets = prompt_sets(pipe.dataset, per_group=8, seed=0)
 untitled = [p for p, _ in sets["global"] if parse_caption(p)[1] is None]
-# the titled caption whose image was trained under the most title-keeping variants: the hardest case
-titled = sorted([p for p, _ in sets["global"] if parse_caption(p)[1] is not None],
-                key=lambda p: -num_variants(pipe.dataset, p)) or untitled[1:]
+titled = hardest_titled([p for p, _ in sets["global"]], pipe.dataset) or untitled[1:]   # the hard case first
 CASES = {"global": untitled[0], "titled": titled[0], "local": sets["local"][0][0]}
 N_S = 8 if quick() else 25      # candidates per prompt (n_s)
 K, SEED = (2 if quick() else 4), 0

@@ -28,8 +28,9 @@ from .detect import first_step_magnitude
 
 QUANTILE = 0.95
 RATIOS = {"lambda_ss": 1.0, "lambda_pr": 3.0, "tau": 5.0}  # the official defaults 1, 3, 5, as multiples
-RULE = ("lambda_ss = q95 first-step magnitude of general training prompts; lambda_pr = 3 * lambda_ss; "
-        "tau = 5 * lambda_ss (the official 1 : 3 : 5)")
+RULE = (f"lambda_ss = q{QUANTILE * 100:.0f} first-step magnitude of general training prompts; "
+        f"lambda_pr = {RATIOS['lambda_pr']:g} * lambda_ss; tau = {RATIOS['tau']:g} * lambda_ss "
+        "(the official 1 : 3 : 5)")
 
 
 def calibrate(pipe, num_prompts=128, num_images=4, seed=1234):

@@ -63,9 +63,10 @@ def search_targets(pipe, prompt, candidates, x_T, t, lambda_ss, e_p=None, per_pr
             break
         rows = [b for i in searching for b in groups[i]]
         eps_c = predict_noise(pipe.unet, x_T[rows], t, [pipe.encode([candidate])])[0]   # (n, C, H, W)
-        m = dict(zip(rows, noise_magnitude(eps_c, eps_u[rows])))                         # row -> magnitude
+        m = torch.zeros_like(first_m)
+        m[rows] = noise_magnitude(eps_c, eps_u[rows])                                    # (B,), 0 where not scored
         for i in searching:
-            seen[i][candidate] = rms(torch.stack([m[b] for b in groups[i]]))
+            seen[i][candidate] = rms(m[groups[i]])
         searching = [i for i in searching if seen[i][candidate] > lambda_ss]
     results = []
     for i, g in enumerate(groups):  # the search's own rules (ss.py), on the magnitudes measured above
