@@ -88,40 +88,46 @@ class FakeMagnitudes:
         return [self.table[p] for p in prompts]
 
 
+def search_one(prompt, candidates, fn, lambda_ss):
+    """The batched search on one sample, asking `fn` as a one-by-one search would."""
+    score = lambda candidate, rows: fn([candidate]) * len(rows)
+    return semantic_search(prompt, fn([prompt]), candidates, score, lambda_ss)[0]
+
+
 def test_ss_passes_untriggered_prompts_through():
     fn = FakeMagnitudes({"p": 0.5, "a": 0.1})
-    result = semantic_search("p", ["a"], fn, lambda_ss=1.0)
+    result = search_one("p", ["a"], fn, lambda_ss=1.0)
     assert (result.prompt, result.triggered) == ("p", False)
     assert fn.asked == ["p"]  # no candidate was scored
 
 
 def test_ss_stops_at_the_first_candidate_under_lambda_ss():
     fn = FakeMagnitudes({"p": 5.0, "a": 3.0, "b": 0.9, "c": 0.1})
-    result = semantic_search("p", ["a", "b", "c"], fn, lambda_ss=1.0)
+    result = search_one("p", ["a", "b", "c"], fn, lambda_ss=1.0)
     assert (result.prompt, result.triggered) == ("b", True)
     assert fn.asked == ["p", "a", "b"]  # early stop: c was never scored
 
 
 def test_ss_falls_back_to_the_smallest_magnitude():
     fn = FakeMagnitudes({"p": 5.0, "a": 3.0, "b": 2.0})
-    assert semantic_search("p", ["a", "b"], fn, lambda_ss=1.0).prompt == "b"
+    assert search_one("p", ["a", "b"], fn, lambda_ss=1.0).prompt == "b"
 
 
 def test_ss_fallback_includes_the_original_prompt():
     fn = FakeMagnitudes({"p": 2.0, "a": 3.0, "b": 4.0})
-    result = semantic_search("p", ["a", "b"], fn, lambda_ss=1.0)
+    result = search_one("p", ["a", "b"], fn, lambda_ss=1.0)
     assert (result.prompt, result.triggered) == ("p", True)
 
 
 def test_ss_with_no_candidates_keeps_the_prompt():
-    result = semantic_search("p", [], FakeMagnitudes({"p": 5.0}), lambda_ss=1.0)
+    result = search_one("p", [], FakeMagnitudes({"p": 5.0}), lambda_ss=1.0)
     assert (result.prompt, result.triggered) == ("p", True)
     assert result.magnitudes == {"p": 5.0}
 
 
 def test_ss_rejects_a_negative_threshold():
     with pytest.raises(ValueError, match="lambda_ss"):
-        semantic_search("p", [], FakeMagnitudes({"p": 1.0}), lambda_ss=-1.0)
+        search_one("p", [], FakeMagnitudes({"p": 1.0}), lambda_ss=-1.0)
 
 
 def test_unknown_method_is_a_clear_error(random_pipe):
@@ -205,7 +211,7 @@ def test_prss_search_gives_each_sample_what_its_own_one_by_one_search_gives(rand
     _, info = random_pipe.generate(prompt, method="prss", lambda_ss=lambda_ss, return_info=True, **kw)
     for b in range(3):
         table = dict(zip([prompt] + candidates, first[:, b].tolist()))
-        alone = semantic_search(prompt, candidates, lambda ps: [table[p] for p in ps], lambda_ss)
+        alone = search_one(prompt, candidates, lambda ps: [table[p] for p in ps], lambda_ss)
         assert info["prompt"][b] == alone.prompt and list(info["magnitudes"][b]) == list(alone.magnitudes)
         assert info["magnitudes"][b] == pytest.approx(alone.magnitudes, rel=1e-4)
     assert len({len(m) for m in info["magnitudes"]}) > 1  # the samples' searches did stop at different places

@@ -31,7 +31,7 @@ from prss_mini import metrics
 from prss_mini.evaluate import prompt_sets
 from prss_mini.guidance.detect import first_step_magnitude
 from prss_mini.guidance.paraphrase import paraphrases, same_meaning
-from prss_mini.guidance.ss import semantic_search
+from prss_mini.guidance.ss import SearchResult, semantic_search
 from prss_mini.judges import Judges
 from prss_mini.pipeline import ToyPipeline
 from prss_mini.world import parse_caption
@@ -79,6 +79,22 @@ for case, prompt in CASES.items():
 # only sees a `magnitude_fn`; ours looks the scores up and records what was asked, so we can see the early stop.
 
 # %%
+def semantic_search_one_by_one(prompt, candidates, magnitude_fn, lambda_ss):
+    """SS for ONE sample, written plainly: the readable reference for the batched `ss.semantic_search`.
+
+    magnitude_fn(list of prompts) -> their first-step magnitudes on this sample's x_T."""
+    seen = {prompt: float(magnitude_fn([prompt])[0])}
+    if seen[prompt] <= lambda_ss:                 # not memorized: keep the prompt, plain CFG
+        return SearchResult(prompt, False, seen)
+    for candidate in candidates:                  # in order; the first one under lambda_SS wins (early stop)
+        if candidate in seen:
+            continue
+        seen[candidate] = float(magnitude_fn([candidate])[0])
+        if seen[candidate] <= lambda_ss:
+            return SearchResult(candidate, True, seen)
+    return SearchResult(min(seen, key=seen.get), True, seen)   # none passed: the smallest, original included
+
+
 mags = {case: first_step_magnitude(pipe, pipe.encode([p] + cands[case]), pipe.initial_noise(K, SEED))
         for case, p in CASES.items()}                                      # (1 + n_s, K): row 0 is the prompt
 tables = {case: dict(zip([p] + cands[case], mags[case][:, 0].tolist())) for case, p in CASES.items()}
@@ -90,7 +106,7 @@ for case, prompt in CASES.items():
         scored.extend(prompts)
         return [table[p] for p in prompts]
 
-    r = results[case] = semantic_search(prompt, cands[case], magnitude_fn, lam_ss)
+    r = results[case] = semantic_search_one_by_one(prompt, cands[case], magnitude_fn, lam_ss)
     print(f"\n[{case}] triggered {r.triggered}; m(original) {r.magnitudes[prompt]:.3f}; scored {len(scored)} of "
           f"{1 + len(cands[case])} prompts")
     print(f"  e_ss = {r.prompt!r}, m = {r.magnitudes[r.prompt]:.3f}")
@@ -132,7 +148,7 @@ for case, prompt in CASES.items():
     table = tables[case]
     for name, lam in (("lenient", max(table.values()) + 1), ("calibrated", lam_ss),
                       ("strict", 0.5 * min(table.values()))):
-        r = semantic_search(prompt, cands[case], lambda ps: [table[p] for p in ps], lam)
+        r = semantic_search_one_by_one(prompt, cands[case], lambda ps: [table[p] for p in ps], lam)
         chose = "the original" if r.prompt == prompt else f"candidate {cands[case].index(r.prompt) + 1}"
         print(f"[{case}] {name:10s} lambda_SS {lam:7.3f}: triggered {r.triggered!s:5s} "
               f"scored {len(r.magnitudes):2d}  chose {chose}")

@@ -48,29 +48,12 @@ def search_targets(pipe, prompt, candidates, x_T, t, lambda_ss, e_p=None, per_pr
     Returns (results: B SearchResults, eps_u, eps_p: the first-step predictions (B, C, H, W), reused by step 0)."""
     e_p = pipe.encode([prompt]) if e_p is None else e_p                                  # (1, L, D)
     eps_u, eps_p = predict_noise(pipe.unet, x_T, t, [pipe.empty, e_p])                  # (B, C, H, W) x 2
-    groups = [list(range(len(x_T)))] if per_prompt else [[b] for b in range(len(x_T))]
 
-    def rms(m):  # one sample: its own magnitude; several: the root mean square of theirs
-        return float(m.pow(2).mean().sqrt())
-
-    first_m = noise_magnitude(eps_p, eps_u)                                              # (B,)
-    seen = [{prompt: rms(first_m[g])} for g in groups]  # per group: prompt -> first-step magnitude
-    # The searches run in lockstep, so that candidate k is scored for every group still searching in ONE UNet
-    # call: each group gets exactly the magnitudes its own one-by-one search would ask for, in fewer calls.
-    searching = [i for i, g in enumerate(groups) if seen[i][prompt] > lambda_ss]
-    for candidate in dict.fromkeys(c for c in candidates if c != prompt):               # in order, no repeats
-        if not searching:
-            break
-        rows = [b for i in searching for b in groups[i]]
+    def score(candidate, rows):  # one UNet call for every sample still searching
         eps_c = predict_noise(pipe.unet, x_T[rows], t, [pipe.encode([candidate])])[0]   # (n, C, H, W)
-        m = torch.zeros_like(first_m)
-        m[rows] = noise_magnitude(eps_c, eps_u[rows])                                    # (B,), 0 where not scored
-        for i in searching:
-            seen[i][candidate] = rms(m[groups[i]])
-        searching = [i for i in searching if seen[i][candidate] > lambda_ss]
-    results = []
-    for i, g in enumerate(groups):  # the search's own rules (ss.py), on the magnitudes measured above
-        results += [semantic_search(prompt, candidates, lambda ps, i=i: [seen[i][q] for q in ps], lambda_ss)] * len(g)
+        return noise_magnitude(eps_c, eps_u[rows])
+
+    results = semantic_search(prompt, noise_magnitude(eps_p, eps_u), candidates, score, lambda_ss, per_prompt)
     return results, eps_u, eps_p
 
 

@@ -1,33 +1,57 @@
-"""Semantic Prompt Search, SS (Chen et al., CVPR 2025, Sec. 4.2; ../shared/PRSS-MATH.md "Semantic Prompt Search").
+"""Semantic Prompt Search, SS (Chen et al., CVPR 2025, Sec. 4.2; docs/math.md "Semantic Prompt Search").
 
-If the prompt's first-step magnitude is above lambda_SS (memorization triggered), look through paraphrases that
-keep its meaning and take the first whose magnitude is at most lambda_SS; if none is, the one with the smallest
-magnitude, the original prompt included. Untriggered prompts are passed through unchanged.
+Per sample (each has its own x_T): if the prompt's first-step magnitude m is at most lambda_SS, memorization is
+not triggered and the prompt is kept. Otherwise the candidates, paraphrases that keep the prompt's meaning, are
+scored in order, and the sample takes the first whose magnitude is at most lambda_SS (early stop); if none is,
+the one with the smallest magnitude, the original prompt included.
+
+The search runs for a whole batch at once: candidate k is scored for every sample still searching in ONE call,
+and a sample leaves as soon as a candidate passes. Each sample gets exactly what its own one-by-one search would
+give (tutorial 08 has that version, and a test checks that the two agree).
 """
 
 from dataclasses import dataclass, field
 
+import torch
+
 
 @dataclass
 class SearchResult:
-    prompt: str                  # the chosen prompt e_ss
+    prompt: object               # the chosen prompt e_ss (a string, or whatever key the candidates are)
     triggered: bool              # was memorization detected on the original prompt?
     magnitudes: dict = field(default_factory=dict)  # prompt -> first-step magnitude, in the order scored
 
 
-def semantic_search(prompt, candidates, magnitude_fn, lambda_ss):
-    """Choose e_ss. `magnitude_fn(list of prompts)` returns their first-step magnitudes (same seeded x_T).
+def root_mean_square(m):
+    """(B,) -> (B,): every entry replaced by the RMS of all of them (the per_prompt reduction)."""
+    return m.pow(2).mean().sqrt().expand(len(m))
 
-    Candidates are scored one at a time in order, so the search stops as soon as one passes (early stop)."""
+
+def semantic_search(prompt, prompt_magnitudes, candidates, score, lambda_ss, per_prompt=False):
+    """Choose e_ss for every sample: a list of B SearchResults.
+
+    prompt_magnitudes: (B,) first-step magnitudes of the prompt, one per sample;
+    score(candidate, rows) -> (len(rows),) first-step magnitudes of one candidate on the samples `rows` (a list
+    of sample indices), measured on the same x_T as the prompt's.
+    per_prompt=True decides once for all samples, on the root mean square of their magnitudes (the official
+    code's norm over its whole batch, divided by sqrt(B) so that the same lambda_SS applies).
+
+    The prompt itself and repeated candidates are not scored again. A passing candidate is always the smallest
+    magnitude seen (everything scored before it was above lambda_SS), so every triggered sample takes its argmin."""
     if lambda_ss < 0:
         raise ValueError(f"lambda_ss must be >= 0, got {lambda_ss}")
-    seen = {prompt: float(magnitude_fn([prompt])[0])}
-    if seen[prompt] <= lambda_ss:
-        return SearchResult(prompt, False, seen)
-    for candidate in candidates:
-        if candidate in seen:
+    reduce = root_mean_square if per_prompt else (lambda m: m)
+    m = reduce(torch.as_tensor(prompt_magnitudes, dtype=torch.float64).flatten())      # (B,)
+    seen = [{prompt: float(v)} for v in m]                                             # per sample
+    triggered = [v > lambda_ss for v in m.tolist()]
+    searching = [b for b, hit in enumerate(triggered) if hit]
+    for candidate in dict.fromkeys(candidates):                                        # in order, no repeats
+        if not searching:
+            break
+        if candidate == prompt:
             continue
-        seen[candidate] = float(magnitude_fn([candidate])[0])
-        if seen[candidate] <= lambda_ss:
-            return SearchResult(candidate, True, seen)
-    return SearchResult(min(seen, key=seen.get), True, seen)
+        m = reduce(torch.as_tensor(score(candidate, searching), dtype=torch.float64).flatten())  # (n,)
+        for b, v in zip(searching, m.tolist()):
+            seen[b][candidate] = v
+        searching = [b for b, v in zip(searching, m.tolist()) if v > lambda_ss]
+    return [SearchResult(min(s, key=s.get) if hit else prompt, hit, s) for s, hit in zip(seen, triggered)]
