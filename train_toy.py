@@ -23,14 +23,15 @@ import time
 import numpy as np
 import torch
 
-from prss_mini.checkpoint import (CheckpointError, config_differences, load_checkpoint, save_atomic,
+from prss_mini.checkpoint import (CheckpointError, config_differences, load_checkpoint, load_state, save_atomic,
                                   write_json_atomic)
-from prss_mini.config import PRESETS, make_config, parse_overrides, to_dict
-from prss_mini.diffusion import NoiseSchedule, diffusion_loss
-from prss_mini.pipeline import as_epsilon_model, images_to_tensor, tensor_to_images, text_encoder_config, unet_config
+from prss_mini.config import (PRESETS, make_config, noise_schedule, parse_overrides, text_encoder_config, to_dict,
+                              unet_config, world_config)
+from prss_mini.diffusion import as_epsilon_model, diffusion_loss
+from prss_mini.pipeline import check_device
 from prss_mini.text_encoder import ImageEncoder, TextEncoder, Tokenizer, train_clip
 from prss_mini.unet import UNet, count_parameters
-from prss_mini.world import WorldConfig, build_dataset, preview_grid
+from prss_mini.world import build_dataset, images_to_tensor, preview_grid, tensor_to_images
 
 
 def stage_dataset(cfg, out):
@@ -38,10 +39,7 @@ def stage_dataset(cfg, out):
     if os.path.exists(path):
         with np.load(path, allow_pickle=False) as f:
             return dict(f)
-    world = WorldConfig(image_size=cfg.image_size, num_general=cfg.num_general, num_global=cfg.num_global,
-                        global_duplicates=cfg.global_duplicates, title_variants=cfg.title_variants,
-                        num_local=cfg.num_local, num_heldout_combos=cfg.num_heldout_combos, seed=cfg.seed)
-    data = build_dataset(world)
+    data = build_dataset(world_config(cfg))
     np.savez(path + ".tmp.npz", **data)
     os.replace(path + ".tmp.npz", path)
     preview_grid(data, os.path.join(out, "preview.png"))
@@ -55,7 +53,7 @@ def stage_text_encoder(cfg, out, data, device):
     torch.manual_seed(cfg.seed)  # the modules' initial weights
     encoder = TextEncoder(text_encoder_config(cfg))
     if os.path.exists(path):
-        encoder.load_state_dict(load_checkpoint(path, to_dict(cfg))["model"])
+        load_state(encoder, path, to_dict(cfg))
         return encoder.to(device)
     encoder.to(device)
     image_encoder = ImageEncoder(embed_dim=encoder.cfg.embed_dim).to(device)
@@ -86,7 +84,8 @@ def save_progress_figures(out, losses, unet, cfg, contexts, null, schedule, step
     fig.savefig(os.path.join(out, "loss.png"), dpi=100)
     plt.close(fig)
     unet.eval()
-    x = sample(cfg_hook(as_epsilon_model(unet, cfg, schedule), contexts, null, cfg.guidance_scale), (len(contexts), 3, cfg.image_size, cfg.image_size),
+    model = as_epsilon_model(unet, cfg.prediction_type, schedule)
+    x = sample(cfg_hook(model, contexts, null, cfg.guidance_scale), (len(contexts), 3, cfg.image_size, cfg.image_size),
                schedule, cfg.num_inference_steps, generator=torch.Generator().manual_seed(0), device=device)
     unet.train()
     grid = np.concatenate(list(tensor_to_images(x)), axis=1)
@@ -125,10 +124,11 @@ def stage_unet(cfg, out, data, encoder, device):
     # cosine decay to 10% of lr: settles the weights so late samples are stable
     lr_at = lambda s: cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s / cfg.train_steps, 1.0))))
     generator = torch.Generator().manual_seed(cfg.seed)
-    schedule = NoiseSchedule(1000, cfg.beta_schedule).to(device)
+    schedule = noise_schedule(cfg).to(device)
     step, losses = 0, []
     if os.path.exists(state_path):
-        state = load_checkpoint(state_path, to_dict(cfg))
+        state = load_checkpoint(state_path, to_dict(cfg), keys=("model", "ema", "optimizer", "generator", "step",
+                                                                 "losses"))
         unet.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
@@ -183,19 +183,24 @@ def main(argv=None):
     parser.add_argument("--out", required=True, help="run folder (created; rerun with the same folder to resume)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args, rest = parser.parse_known_args(argv)
-    try:
+    try:  # everything is checked before anything is written
         cfg = make_config(args.preset, **parse_overrides(rest))
+        check_device(args.device)
     except ValueError as e:
         parser.error(str(e))
-    os.makedirs(args.out, exist_ok=True)
     config_path = os.path.join(args.out, "config.json")
     if os.path.exists(config_path):
-        with open(config_path) as f:
-            old = json.load(f)
+        try:
+            with open(config_path) as f:
+                old = dict(json.load(f))
+        except (ValueError, TypeError) as e:
+            parser.error(f"{config_path} is corrupt ({type(e).__name__}): delete the run folder {args.out} to start "
+                         f"afresh, or use another --out")
         diff = config_differences(old, to_dict(cfg))  # sampling defaults may change between runs
         if diff:
             parser.error(f"{args.out} holds a run made with other options ({', '.join(diff)} differ). "
                          f"Use the same preset and options to resume, or another --out.")
+    os.makedirs(args.out, exist_ok=True)
     write_json_atomic(to_dict(cfg), config_path)
 
     start = time.time()

@@ -1,14 +1,20 @@
 """One flat configuration for a whole run, its presets, and `--key value` overrides.
 
 Flat on purpose: every knob of the toy world, the encoders, the UNet and training is one line below, and any of
-them can be changed from the command line (`python train_toy.py --preset cpu --train_steps 500`).
+them can be changed from the command line (`python train_toy.py --preset cpu --train_steps 500`). This file is
+the only place their defaults live: `world_config`, `text_encoder_config` and `unet_config` read each module's
+own config out of it, field by field, by name.
 """
 
-import argparse
 import json
+import os
 from dataclasses import asdict, dataclass, fields
 
-from .diffusion import PREDICTION_TYPES
+from .checkpoint import CheckpointError
+from .diffusion import PREDICTION_TYPES, SCHEDULES, NoiseSchedule
+from .text_encoder import TextEncoderConfig
+from .unet import UNetConfig
+from .world import WorldConfig
 
 
 @dataclass
@@ -23,6 +29,7 @@ class Config:
     title_variants: tuple = (3, 5, 7, 9)  # one entry per titled global image (world.py)
     num_local: int = 100
     num_heldout_combos: int = 8
+    heldout_phrasings: int = 3
     # text encoder and its CLIP pre-training (prss_mini/text_encoder.py)
     text_dim: int = 64
     text_layers: int = 2
@@ -32,12 +39,13 @@ class Config:
     channel_mults: tuple = (1, 2, 4)
     num_res_blocks: int = 1
     attn_levels: tuple = (1, 2)
-    # diffusion training (prss_mini/diffusion.py)
+    # diffusion (prss_mini/diffusion.py)
+    num_train_timesteps: int = 1000
     beta_schedule: str = "scaled_linear"
     # v-prediction (Salimans & Ho 2022; SD 2): at high noise the network predicts the image, not an eps it would
-    # have to get right to 1 / sqrt(abar_t) = 15x precision. On the cpu preset eps-prediction left speckle noise in
-    # every sample; "epsilon" stays available (the sampler and every guidance method work on eps either way).
+    # have to get right to 1 / sqrt(abar_t) = 15x precision (docs/results.md has what eps-prediction gave).
     prediction_type: str = "v_prediction"
+    # training
     train_steps: int = 3500
     batch_size: int = 32
     lr: float = 1e-3
@@ -69,8 +77,63 @@ PRESETS = {
 }
 
 
+def _part(cls, cfg, **renamed):
+    """An instance of the dataclass `cls` whose fields are read from the flat Config by name.
+
+    `renamed` maps a field of `cls` to the Config field it reads; fields Config does not have keep cls's default."""
+    names = {f.name for f in fields(Config)}
+    values = {f.name: getattr(cfg, renamed.get(f.name, f.name)) for f in fields(cls)
+              if renamed.get(f.name, f.name) in names}
+    return cls(**values)
+
+
+def world_config(cfg):
+    return _part(WorldConfig, cfg)
+
+
+def text_encoder_config(cfg):
+    return _part(TextEncoderConfig, cfg, dim="text_dim", layers="text_layers")
+
+
+def unet_config(cfg):
+    return _part(UNetConfig, cfg, context_dim="text_dim")
+
+
+def noise_schedule(cfg):
+    return NoiseSchedule(cfg.num_train_timesteps, cfg.beta_schedule)
+
+
+def _check(cfg):
+    """Every rule a run's config must follow, checked before anything is trained or written (ValueError)."""
+    at_least_one = ("num_general", "num_global", "global_duplicates", "num_local", "clip_steps", "train_steps",
+                    "batch_size", "judge_steps", "checkpoint_every", "sample_every", "num_inference_steps",
+                    "text_layers", "num_res_blocks")
+    bad = [f"--{k} {getattr(cfg, k)}" for k in at_least_one if getattr(cfg, k) < 1]
+    if bad:
+        raise ValueError(f"{', '.join(bad)}: these must be at least 1")
+    if cfg.prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"unknown prediction_type {cfg.prediction_type!r}; use one of {PREDICTION_TYPES}")
+    if cfg.beta_schedule not in SCHEDULES:
+        raise ValueError(f"unknown beta_schedule {cfg.beta_schedule!r}; use one of {SCHEDULES}")
+    if not 0 < cfg.cond_drop_prob < 1:
+        raise ValueError(f"cond_drop_prob must be in (0, 1): CFG needs both the empty and the real caption in "
+                         f"training, got {cfg.cond_drop_prob}")
+    if not 0 <= cfg.ema_decay < 1 or cfg.lr <= 0:
+        raise ValueError(f"need 0 <= ema_decay < 1 and lr > 0, got ema_decay={cfg.ema_decay}, lr={cfg.lr}")
+    if cfg.guidance_scale < 0:
+        raise ValueError(f"guidance_scale must be >= 0, got {cfg.guidance_scale}")
+    if not cfg.num_inference_steps <= cfg.num_train_timesteps:
+        raise ValueError(f"num_inference_steps ({cfg.num_inference_steps}) must be at most num_train_timesteps "
+                         f"({cfg.num_train_timesteps})")
+    noise_schedule(cfg)  # the module configs check their own rules (e.g. world.WorldConfig.__post_init__)
+    world_config(cfg)
+    text_encoder_config(cfg)
+    unet_config(cfg)
+
+
 def make_config(preset="cpu", **overrides):
-    """The preset's Config with `overrides` applied. Unknown presets or keys raise a clear ValueError."""
+    """The preset's Config with `overrides` applied, checked. Unknown presets or keys, or a value that breaks a rule
+    (a world without general images, an image size the UNet cannot halve, ...), raise a clear ValueError."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     known = {f.name for f in fields(Config)}
@@ -78,8 +141,7 @@ def make_config(preset="cpu", **overrides):
     if unknown:
         raise ValueError(f"unknown config key(s) {unknown}; known keys: {sorted(known)}")
     cfg = Config(**{**PRESETS[preset], **overrides, "preset": preset})
-    if cfg.prediction_type not in PREDICTION_TYPES:  # fail before any training starts
-        raise ValueError(f"unknown prediction_type {cfg.prediction_type!r}; use one of {PREDICTION_TYPES}")
+    _check(cfg)
     return cfg
 
 
@@ -95,7 +157,7 @@ def parse_overrides(pairs):
             raise ValueError(f"unknown option {key!r}; known: {', '.join('--' + k for k in sorted(types))}")
         kind = types[name]
         try:
-            out[name] = tuple(int(v) for v in value.split(",")) if kind is tuple else kind(value)
+            out[name] = tuple(int(v) for v in value.split(",") if v) if kind is tuple else kind(value)
         except ValueError:
             raise ValueError(f"--{name} expects a {kind.__name__}, got {value!r}") from None
     return out
@@ -111,5 +173,15 @@ def from_dict(d):
     return Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known})
 
 
-def add_run_argument(parser: argparse.ArgumentParser, required=True):
-    parser.add_argument("--run", required=required, help="run folder written by train_toy.py")
+def read_config(run_dir):
+    """RUN/config.json as a Config; a missing or unreadable file is a CheckpointError that says what to do."""
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.exists(path):
+        raise CheckpointError(f"{run_dir} is not a run folder (no config.json). Make one with "
+                              f"`python train_toy.py --preset cpu --out {run_dir}`.")
+    try:
+        with open(path) as f:
+            return from_dict(json.load(f))
+    except (ValueError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{path} is corrupt ({type(e).__name__}: {e}). Delete the run folder and train again, "
+                              f"or restore the file.") from None

@@ -94,6 +94,13 @@ class EpsilonModel(torch.nn.Module):
         return abar.sqrt() * self.model(x_t, t, context) + (1 - abar).sqrt() * x_t
 
 
+def as_epsilon_model(model, prediction_type, schedule):
+    """The network as an eps predictor, whatever it was trained to predict."""
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"unknown prediction_type {prediction_type!r}; use one of {PREDICTION_TYPES}")
+    return EpsilonModel(model, schedule) if prediction_type == "v_prediction" else model
+
+
 def diffusion_loss(model, x0, context, null_context, schedule, cond_drop_prob=0.1, generator=None,
                    prediction_type="epsilon"):
     """Epsilon-prediction loss ||eps - eps_theta(x_t, t, c)||^2 (DDPM Algorithm 1, eq. 14), or, with

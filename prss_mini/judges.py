@@ -18,16 +18,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .checkpoint import load_checkpoint
-from .config import from_dict, to_dict
-from .pipeline import images_to_tensor, read_config, text_encoder_config
+from .checkpoint import CheckpointError, load_checkpoint
+from .config import from_dict, read_config, text_encoder_config, to_dict
 from .text_encoder import ImageEncoder, TextEncoder, Tokenizer, train_clip
-from .world import CREDITS, TITLES, VALUES, all_combinations, make_caption, render, to_uint8
+from .world import (CREDITS, TITLES, VALUES, all_combinations, check_images, images_to_tensor, make_caption, render,
+                    to_uint8)
 
 NUM_VALUES = tuple(len(v) for v in VALUES)  # (4, 5, 4): shapes, colours, positions
-# Channels of the judges' CNNs: half the conditioning CLIP's. 2.5x faster; at 800 steps (cpu preset) the classifier
-# reads shape 93% / colour 100% / position 100% right, vs 97 / 100 / 100 at width 32.
-WIDTH = 16
+WIDTH = 16  # channels of the judges' CNNs: half the conditioning CLIP's (docs/results.md: the accuracy it costs)
 
 
 def render_judge_data(cfg, n, rng):
@@ -127,16 +125,16 @@ class Judges:
     def load(cls, run_dir, device="cpu"):
         """RUN/judges.pt, checked against RUN/config.json."""
         cfg = read_config(run_dir)
-        return cls(load_checkpoint(os.path.join(run_dir, "judges.pt"), to_dict(cfg)), device)
+        path = os.path.join(run_dir, "judges.pt")
+        state = load_checkpoint(path, to_dict(cfg), keys=("classifier", "clip_text", "clip_image", "config"))
+        try:
+            return cls(state, device)
+        except (RuntimeError, KeyError) as e:
+            raise CheckpointError(f"{path} holds judges of another model ({str(e).splitlines()[0]}). Delete it and "
+                                  f"rerun train_toy.py to train them again.") from None
 
-    def _images(self, images, n=None):
-        if not (isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim == 4
-                and images.shape[-1] == 3):
-            raise ValueError(f"images must be a uint8 numpy array (N, H, W, 3), got {type(images).__name__} "
-                             f"{getattr(images, 'dtype', '')} {getattr(images, 'shape', '')}")
-        if n is not None and len(images) != n:
-            raise ValueError(f"{len(images)} images but {n} attribute rows / prompts")
-        return images_to_tensor(images).to(self.device)                                # (N, 3, H, W)
+    def _images(self, images, n):
+        return images_to_tensor(check_images(images, n=n)).to(self.device)                # (N, 3, H, W)
 
     @torch.no_grad()
     def attribute_correct(self, images, attributes):

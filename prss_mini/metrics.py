@@ -16,38 +16,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .pipeline import images_to_tensor
-from .world import stamp_pattern
+from .world import check_images, images_to_tensor, stamp_pattern
 
-# Calibrated with build_dataset(WorldConfig()) (16x16, 2110 distinct training images), 1000 fresh renders of training
-# combinations and 1000 of held-out ones (new backgrounds: not copies), and every training image perturbed (copies).
-# d = RMS pixel difference ([-1, 1] units) of the blurred 14x14 windows, smallest over one-pixel shifts:
-#                                  d: min    p1     p50    p99    max   similarity: p50   p99    counted as copies
-#   fresh, training combinations       0.038  0.056  0.110  0.172  0.198              0.08  0.52   1.2%
-#   fresh, held-out combinations       0.041  0.061  0.112  0.177  0.231              0.08  0.46   0.4%
-#   copy + Gaussian noise std 0.1       0.015  0.017  0.022  0.027  0.031              0.91  0.94   100%
-#   copy + Gaussian noise std 0.2       0.031  0.034  0.043  0.055  0.061              0.68  0.79   99.7%
-#   copy shifted by one pixel           0      0      0      0      0                  1.00  1.00   100%
-# No threshold does better: the ~1% of fresh renders above it are the same colour at the same place on a similar
-# plain background, only the shape differs. (Plain cosine of centred pixels separates far worse: a fresh render's
-# nearest training image has cosine 0.82 at the median, a noisy copy (std 0.2) of its original 0.72.)
-# The same constants at 32x32 (gpu preset world): fresh 1.0% copies, noise std 0.2 100%.
+# The constants are calibrated on fresh renders (not copies) and perturbed training images (copies): docs/results.md
+# has the table. No threshold separates them better at 16x16 or 32x32.
 COPY_THRESHOLD = 0.5     # similarity above this counts as a copy (SSCD > 0.5 in the paper)
 COPY_DISTANCE = 0.058    # blurred RMS distance at which similarity = 0.5
 COPY_BLUR = 1.75         # Gaussian blur sigma in pixels: averages pixel noise away, keeps the layout
 RATIO_THRESHOLD = 1 / 3  # Gu et al. 2023: d1 / d2 below this is a copy
 
-# Calibrated on 3000 fresh stamped and 3000 unstamped renders (16x16): stamped score 1.00 for every one; unstamped
-# p50 0.00, p99 0.03, max 0.08, also where a shape overlaps the centre. Stamped + noise std 0.2: min 0.65.
 STAMP_THRESHOLD = 0.5    # "at least half of the stamp's contrast, in the stamp's layout"
-
-
-def _check_images(images, name="images"):
-    if not (isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim == 4
-            and images.shape[-1] == 3):
-        got = f"{type(images).__name__} {getattr(images, 'dtype', '')} {getattr(images, 'shape', '')}"
-        raise ValueError(f"{name} must be a uint8 numpy array (N, H, W, 3), got {got}")
-    return images
 
 
 def _blur(x, sigma):
@@ -73,7 +51,7 @@ def copy_descriptor(images):
 
     The blur (sigma = COPY_BLUR pixels) makes a noisy copy close to its original; the 1 / sqrt(F) makes the
     Euclidean distance between two descriptors the RMS pixel difference, comparable across image sizes."""
-    x = images_to_tensor(_check_images(images))                                        # (N, 3, H, W)
+    x = images_to_tensor(check_images(images))                                        # (N, 3, H, W)
     x = _blur(x, COPY_BLUR).flatten(1)                                                 # (N, F)
     return x / math.sqrt(x.shape[1])
 
@@ -99,8 +77,8 @@ def nearest_training(images, train_images):
     index (N,)       that training image
     d1, d2 (N,)      L2 pixel distances ([-1, 1] units) to the nearest and second-nearest training image (Gu et al.)
     d_index (N, 2)   those two training images"""
-    _check_images(images)
-    _check_images(train_images, "train_images")
+    check_images(images)
+    check_images(train_images, "train_images")
     if images.shape[1:] != train_images.shape[1:]:
         raise ValueError(f"images {images.shape[1:]} and train_images {train_images.shape[1:]} differ in size")
     if len(train_images) < 2:
@@ -146,7 +124,7 @@ def stamp_score(images):
     Pearson correlation of the grayscale centre patch with the stamp's pattern, times its contrast (mean of the
     bright part minus mean of the dark dot) relative to the stamp's own, clipped to [0, 1]. The correlation
     alone would fire on faint background ripples; the contrast alone on any bright-dark edge."""
-    _check_images(images)
+    check_images(images)
     patch, o = stamp_pattern(images.shape[1])
     k = patch.shape[0]
     pattern = patch[:, :, 0].ravel()                                                   # (k*k,)

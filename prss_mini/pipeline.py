@@ -4,68 +4,46 @@
     images = pipe.generate("a red circle in the top left", seed=0, num_images=4)   # uint8 (4, H, W, 3)
 """
 
-import json
 import os
 
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError, load_checkpoint
-from .config import from_dict, to_dict
-from .diffusion import EpsilonModel, NoiseSchedule, sample
-from .text_encoder import TextEncoder, TextEncoderConfig, Tokenizer
-from .unet import UNet, UNetConfig
+from .checkpoint import CheckpointError, load_state
+from .config import noise_schedule, read_config, text_encoder_config, to_dict, unet_config
+from .diffusion import as_epsilon_model, sample, timesteps_for
+from .guidance import build_hook
+from .guidance.calibrate import load_or_calibrate
+from .text_encoder import TextEncoder, Tokenizer
+from .unet import UNet
+from .world import tensor_to_images
 
 
-def text_encoder_config(cfg):
-    return TextEncoderConfig(dim=cfg.text_dim, layers=cfg.text_layers)
-
-
-def unet_config(cfg):
-    return UNetConfig(image_size=cfg.image_size, base_channels=cfg.base_channels,
-                      channel_mults=tuple(cfg.channel_mults), num_res_blocks=cfg.num_res_blocks,
-                      attn_levels=tuple(cfg.attn_levels), context_dim=cfg.text_dim)
-
-
-def as_epsilon_model(unet, config, schedule):
-    """The network as an eps predictor, whatever it was trained to predict (config.prediction_type)."""
-    return EpsilonModel(unet, schedule) if config.prediction_type == "v_prediction" else unet
-
-
-def read_config(run_dir):
-    path = os.path.join(run_dir, "config.json")
-    if not os.path.exists(path):
-        raise CheckpointError(f"{run_dir} is not a run folder (no config.json). Make one with "
-                              f"`python train_toy.py --preset cpu --out {run_dir}`.")
-    with open(path) as f:
-        return from_dict(json.load(f))
-
-
-def images_to_tensor(images):
-    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1], the range the diffusion model works in."""
-    return torch.as_tensor(np.asarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
-
-
-def tensor_to_images(x):
-    """float (N, 3, H, W) in [-1, 1] -> uint8 (N, H, W, 3)."""
-    x = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).cpu().numpy()
+def check_device(device):
+    """`device` if torch can use it here, else a clear ValueError (e.g. --device cuda on a machine without a GPU)."""
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as e:
+        raise ValueError(f"cannot use --device {device} on this machine ({str(e).splitlines()[0]}); "
+                         f"use --device cpu") from None
+    return device
 
 
 class ToyPipeline:
     """Tokenizer + frozen text encoder + UNet + noise schedule of one run folder."""
 
     def __init__(self, run_dir, device="cpu"):
+        if not os.path.isdir(run_dir):
+            raise CheckpointError(f"no run folder at {run_dir}. Make one with "
+                                  f"`python train_toy.py --preset cpu --out {run_dir}`.")
         config = read_config(run_dir)
-        cfg_dict = to_dict(config)
         unet_path = os.path.join(run_dir, "unet.pt")
         if not os.path.exists(unet_path):
             raise CheckpointError(f"{run_dir} has no trained model (unet.pt): training did not finish. Rerun "
                                   f"`python train_toy.py --preset {config.preset} --out {run_dir}` to resume.")
-        text_encoder = TextEncoder(text_encoder_config(config))
-        text_encoder.load_state_dict(load_checkpoint(os.path.join(run_dir, "text_encoder.pt"), cfg_dict)["model"])
-        unet = UNet(unet_config(config))
-        unet.load_state_dict(load_checkpoint(unet_path, cfg_dict)["model"])
+        text_encoder, unet = TextEncoder(text_encoder_config(config)), UNet(unet_config(config))
+        load_state(text_encoder, os.path.join(run_dir, "text_encoder.pt"), to_dict(config))
+        load_state(unet, unet_path, to_dict(config))
         self._setup(config, text_encoder, unet, device, run_dir)
 
     @classmethod
@@ -76,35 +54,43 @@ class ToyPipeline:
         return pipe
 
     def _setup(self, config, text_encoder, unet, device, run_dir):
-        self.config, self.device, self.run_dir = config, device, run_dir
+        self.config, self.device, self.run_dir = config, check_device(device), run_dir
         self.tokenizer = Tokenizer()
-        self.schedule = NoiseSchedule(1000, self.config.beta_schedule).to(device)
+        self.schedule = noise_schedule(config).to(device)
         self.text_encoder = text_encoder.to(device).eval().requires_grad_(False)
-        self.unet = as_epsilon_model(unet.to(device).eval().requires_grad_(False), config, self.schedule)
-        self.image_shape = (3, self.config.image_size, self.config.image_size)
-        self._dataset, self._empty = None, None
+        self.unet = as_epsilon_model(unet.to(device).eval().requires_grad_(False), config.prediction_type,
+                                     self.schedule)
+        self.image_shape = (3, config.image_size, config.image_size)
+        self._dataset, self._empty, self._thresholds = None, None, None
 
     @property
     def dataset(self):
         """RUN/dataset.npz as a dict of arrays (loaded on first use)."""
         if self._dataset is None:
-            with np.load(os.path.join(self.run_dir, "dataset.npz"), allow_pickle=False) as f:
+            path = os.path.join(self.run_dir or "", "dataset.npz")
+            if self.run_dir is None or not os.path.exists(path):
+                raise CheckpointError(f"{path} is missing: this needs the run's training set (the paraphraser and "
+                                      f"the calibration read it). Rerun train_toy.py on the run folder to rebuild it.")
+            with np.load(path, allow_pickle=False) as f:
                 self._dataset = dict(f)
         return self._dataset
 
     @property
     def thresholds(self):
         """PRSS's thresholds for this run (lambda_ss, lambda_pr, tau): RUN/thresholds.json, calibrated on first use."""
-        if getattr(self, "_thresholds", None) is None:
-            if self.run_dir is None:
-                return None
-            from .guidance.calibrate import load_or_calibrate
+        if self._thresholds is None and self.run_dir is not None:
             self._thresholds = load_or_calibrate(self)
         return self._thresholds
 
     @thresholds.setter
     def thresholds(self, value):
         self._thresholds = value
+
+    @property
+    def detection_timestep(self):
+        """The timestep where memorization is detected (and the thresholds calibrated): the first step of the run's
+        default schedule, whatever step count a sampling call then uses."""
+        return timesteps_for(self.config.num_inference_steps, self.schedule)[0]
 
     @torch.no_grad()
     def encode(self, prompts):
@@ -127,7 +113,8 @@ class ToyPipeline:
     def run_hook(self, hook, x_T, num_inference_steps=None, sampler="ddim", eta=0.0, seed=0, progress=False):
         """Sample with any guidance hook from a given x_T; returns float (B, 3, H, W) in [-1, 1]."""
         g = torch.Generator().manual_seed(seed + 1)  # only used by ddpm / eta > 0
-        return sample(hook, tuple(x_T.shape), self.schedule, num_inference_steps or self.config.num_inference_steps,
+        steps = self.config.num_inference_steps if num_inference_steps is None else num_inference_steps
+        return sample(hook, tuple(x_T.shape), self.schedule, steps,
                       sampler=sampler, eta=eta, generator=g, x_T=x_T, device=self.device, progress=progress)
 
     def generate(self, prompt, method="cfg", num_images=4, seed=0, guidance_scale=None, num_inference_steps=None,
@@ -135,9 +122,9 @@ class ToyPipeline:
         """`num_images` images of one prompt with a guidance method (prss_mini.guidance.METHODS): uint8 (K, H, W, 3).
 
         The same seed gives the same x_T for every method, so methods can be compared image by image."""
-        from .guidance import build_hook
-
         s = self.config.guidance_scale if guidance_scale is None else guidance_scale
+        if num_images < 1 or s < 0:
+            raise ValueError(f"need num_images >= 1 and guidance_scale >= 0, got {num_images} and {s}")
         x_T = self.initial_noise(num_images, seed)                                      # (K, 3, H, W)
         hook, info = build_hook(method, self, prompt, x_T, s, seed=seed, **knobs)
         images = tensor_to_images(self.run_hook(hook, x_T, num_inference_steps, sampler, eta, seed, progress))

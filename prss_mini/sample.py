@@ -3,8 +3,10 @@
     python -m prss_mini.sample --run runs/cpu --prompt "a red circle in the top left" --out red.png
     python -m prss_mini.sample --run runs/cpu --prompt "..." --method prss --num-images 8 --seed 1 --out x.npz
 
-`.png` writes a grid, `.npz` the key `images`, uint8 (K, H, W, 3). Each method's knob has its own option
-(--lambda-ss, --noise-scale, ...); options that do not belong to the chosen method are ignored.
+`.png` writes a grid, `.npz` the key `images`, uint8 (K, H, W, 3). Each method's knobs have their own options
+(--lambda-ss, --noise-scale, ...); an option of another method than the chosen one is an error. The guidance
+scale must be >= 0 (0: the unconditional model, 1: the conditional one), and >= 1 for the re-anchoring methods
+(prss, pr). An empty prompt is allowed with cfg: its images are the unconditional model's.
 """
 
 import argparse
@@ -15,21 +17,19 @@ import numpy as np
 
 from .checkpoint import CheckpointError
 from .guidance import METHODS
+from .pipeline import ToyPipeline, check_device
 
-# option -> (method(s) it belongs to, type, help)
-KNOBS = {
-    "lambda_ss": (("prss", "pr", "ss"), float, "SS threshold on the first-step magnitude (default: calibrated)"),
-    "lambda_pr": (("prss", "pr", "ss"), float, "PR: plain CFG below this per-step magnitude (default: calibrated)"),
-    "tau": (("prss", "pr", "ss"), float, "PR: full re-anchoring from this magnitude on (default: calibrated)"),
-    "n_s": (("prss", "ss"), int, "number of paraphrase candidates (default 25)"),
-    "per_prompt": (("prss", "pr", "ss"), bool, "detect and search once for all images, on the RMS of their "
-                                               "magnitudes (the official code's batch norm), not per image"),
-    "target": (("pe",), float, "PE: target first-step magnitude (default: calibrated lambda_ss)"),
-    "noise_scale": (("gni",), float, "GNI: std of the noise added to the prompt embedding"),
-    "num_tokens": (("rta",), int, "RTA: number of random words inserted"),
-    "transition_step": (("transition",), int, "transition: step index where normal guidance starts"),
-    "early_scale": (("transition",), float, "transition: guidance scale before it (0 none, <0 opposite)"),
-}
+SAMPLERS = ("ddim", "ddpm")
+
+
+def command_line_knobs():
+    """option name -> (Knob, the methods that take it), for every knob a method declares (list knobs: Python only)."""
+    out = {}
+    for method, module in METHODS.items():
+        for knob in module.KNOBS:
+            if knob.type is not list:
+                out.setdefault(knob.name, (knob, []))[1].append(method)
+    return out
 
 
 def save_images(images, path, scale=4):
@@ -48,7 +48,7 @@ def save_images(images, path, scale=4):
         raise ValueError(f"--out must end in .png or .npz, got {path!r}")
 
 
-def main(argv=None):
+def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True, help="run folder written by train_toy.py")
     parser.add_argument("--prompt", required=True)
@@ -57,26 +57,40 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, help=".png (grid) or .npz (key images)")
     parser.add_argument("--guidance-scale", type=float, default=None, help="default: the run's (config.json)")
-    parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the run's, 50)")
-    parser.add_argument("--sampler", default="ddim", choices=["ddim", "ddpm"])
+    parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the run's num_inference_steps)")
+    parser.add_argument("--sampler", default="ddim", choices=SAMPLERS, help="ddpm uses all 1000 steps")
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta: 0 deterministic, 1 DDPM-like")
     parser.add_argument("--device", default="cpu")
-    for name, (_, kind, help_text) in KNOBS.items():
-        if kind is bool:  # a switch: absent = the method's default
-            parser.add_argument("--" + name.replace("_", "-"), action="store_true", default=None, help=help_text)
+    knobs = command_line_knobs()
+    for name, (knob, methods) in knobs.items():
+        flag, text = "--" + name.replace("_", "-"), f"{', '.join(methods)}: {knob.help}"
+        if knob.type is bool:  # a switch: absent = the method's default
+            parser.add_argument(flag, action="store_true", default=None, help=text)
         else:
-            parser.add_argument("--" + name.replace("_", "-"), type=kind, default=None, help=help_text)
+            parser.add_argument(flag, type=knob.type, default=None, help=text)
     args = parser.parse_args(argv)
     if not args.out.endswith((".png", ".npz")):
         parser.error(f"--out must end in .png or .npz, got {args.out!r}")
     if args.num_images < 1:
-        parser.error("--num-images must be at least 1")
-    knobs = {k: getattr(args, k) for k, (methods, _, _) in KNOBS.items()
-             if args.method in methods and getattr(args, k) is not None}
+        parser.error(f"--num-images must be at least 1, got {args.num_images}")
+    if args.steps is not None and args.steps < 1:
+        parser.error(f"--steps must be at least 1, got {args.steps}")
+    if args.guidance_scale is not None and args.guidance_scale < 0:
+        parser.error(f"--guidance-scale must be >= 0, got {args.guidance_scale}")
+    given = {name: getattr(args, name) for name in knobs if getattr(args, name) is not None}
+    foreign = [name for name in given if args.method not in knobs[name][1]]
+    if foreign:
+        own = [k.name for k in METHODS[args.method].KNOBS if k.type is not list]
+        parser.error(f"{', '.join('--' + n.replace('_', '-') for n in foreign)} belong(s) to other methods, not "
+                     f"{args.method!r}; its options: {', '.join('--' + n.replace('_', '-') for n in own) or 'none'}")
+    return args, given
+
+
+def main(argv=None):
+    args, knobs = parse_args(argv)
     try:
-        from .pipeline import ToyPipeline
-        pipe = ToyPipeline(args.run, device=args.device)
-        steps = args.steps or (1000 if args.sampler == "ddpm" else None)
+        pipe = ToyPipeline(args.run, device=check_device(args.device))
+        steps = args.steps or (pipe.schedule.num_train_timesteps if args.sampler == "ddpm" else None)
         images, info = pipe.generate(args.prompt, method=args.method, num_images=args.num_images, seed=args.seed,
                                      guidance_scale=args.guidance_scale, num_inference_steps=steps,
                                      sampler=args.sampler, eta=args.eta, progress=True, return_info=True, **knobs)
@@ -84,6 +98,8 @@ def main(argv=None):
         sys.exit(f"error: {e}")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     save_images(images, args.out)
+    if not args.prompt.strip():
+        print("empty prompt: these are the unconditional model's images (e_p = e_0, so CFG has nothing to add)")
     if "triggered" in info:
         print(f"memorization triggered on {sum(info['triggered'])}/{len(info['triggered'])} samples; "
               f"prompts used: {sorted(set(info['prompt']))}")

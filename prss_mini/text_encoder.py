@@ -6,7 +6,6 @@ pre-trained contrastively against a small image encoder on the toy's (image, cap
 """
 
 import math
-import re
 from dataclasses import dataclass
 
 import torch
@@ -14,9 +13,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .world import vocabulary
+from .world import split_words, vocabulary
 
 SPECIALS = ("<pad>", "<bos>", "<eos>")
+PAD_ID, BOS_ID, EOS_ID = (SPECIALS.index(s) for s in SPECIALS)
 
 
 class Tokenizer:
@@ -26,12 +26,12 @@ class Tokenizer:
         self.vocab = list(SPECIALS) + list(words if words is not None else vocabulary())
         self.ids = {w: i for i, w in enumerate(self.vocab)}
         self.max_length = max_length
-        self.pad_id, self.bos_id, self.eos_id = 0, 1, 2
+        self.pad_id, self.bos_id, self.eos_id = PAD_ID, BOS_ID, EOS_ID
 
     @staticmethod
     def split(text):
-        """Lower-case words and the punctuation marks `,` and `:` as their own tokens."""
-        return re.findall(r"[a-z]+|[,:]", text.lower())
+        """Lower-case words and the punctuation marks `,` and `:` as their own tokens (world.split_words)."""
+        return split_words(text)
 
     def encode(self, text):
         """One prompt -> list of `max_length` token ids. Unknown words raise a ValueError that names them."""
@@ -60,12 +60,16 @@ class Tokenizer:
 
 @dataclass
 class TextEncoderConfig:
+    dim: int               # context_dim of the UNet's cross-attention (config.py: text_dim)
+    layers: int            # config.py: text_layers
     vocab_size: int = len(SPECIALS) + len(vocabulary())
     max_length: int = 24
-    dim: int = 64          # context_dim of the UNet's cross-attention
-    layers: int = 2
     heads: int = 4
     embed_dim: int = 64    # the shared CLIP space
+
+    def __post_init__(self):
+        if self.dim % self.heads:
+            raise ValueError(f"text_dim ({self.dim}) must be divisible by the text encoder's {self.heads} heads")
 
 
 class TextEncoder(nn.Module):
@@ -87,8 +91,8 @@ class TextEncoder(nn.Module):
     def forward(self, ids):
         x = self.token_embedding(ids) + self.position_embedding[: ids.shape[1]]        # (B, L, D)
         # Padding is masked inside the encoder; the UNet later sees every position, as SD's UNet does.
-        x = self.final_norm(self.transformer(x, src_key_padding_mask=ids == 0))        # (B, L, D)
-        eos = (ids == 2).float().argmax(dim=1)                                          # (B,)
+        x = self.final_norm(self.transformer(x, src_key_padding_mask=ids == PAD_ID))        # (B, L, D)
+        eos = (ids == EOS_ID).float().argmax(dim=1)                                          # (B,)
         pooled = self.projection(x[torch.arange(len(ids)), eos])                        # (B, E)
         return x, pooled
 

@@ -20,32 +20,31 @@ import torch.nn.functional as F
 
 @dataclass
 class UNetConfig:
+    """The UNet's shape. A run reads the knobs from prss_mini/config.py (`unet_config`), where their defaults live."""
+    image_size: int                   # H = W of the images (checked against the levels below)
+    base_channels: int
+    channel_mults: tuple              # channels at level i = base_channels * channel_mults[i]
+    num_res_blocks: int
+    attn_levels: tuple                # levels (indices into channel_mults) that get cross-attention
+    context_dim: int                  # D of the text embeddings
     in_channels: int = 3
-    base_channels: int = 32
-    channel_mults: tuple = (1, 2, 2)  # channels at level i = base_channels * channel_mults[i]
-    num_res_blocks: int = 1
-    attn_levels: tuple = (1, 2)       # levels (indices into channel_mults) that get cross-attention
-    context_dim: int = 64             # D of the text embeddings
     num_heads: int = 4
     dropout: float = 0.0
-    image_size: int = 16              # only used to validate the input
 
-
-# Sizes used by the project (kwargs for UNetConfig).
-#   tiny: for tests.
-#   cpu:  ~0.7M params; a training step at batch 32 on 2 CPU threads ~0.18 s (3500 steps in 10 min 13 s in
-#         `train_toy.py --preset cpu`). Full-resolution convs dominate
-#         CPU time, so the 16x16 level stays at 16 channels; cross-attention runs at 8x8 and 4x4, where
-#         the picture's layout (and a memorized background) is decided.
-#   gpu:  32x32 images.
-UNET_PRESETS = {
-    "tiny": dict(image_size=16, base_channels=16, channel_mults=(1, 2), num_res_blocks=1,
-                 attn_levels=(1,), context_dim=64),
-    "cpu": dict(image_size=16, base_channels=16, channel_mults=(1, 2, 4), num_res_blocks=1,
-                attn_levels=(1, 2), context_dim=64),
-    "gpu": dict(image_size=32, base_channels=64, channel_mults=(1, 2, 2, 2), num_res_blocks=2,
-                attn_levels=(1, 2, 3), context_dim=64),
-}
+    def __post_init__(self):
+        levels, factor = len(self.channel_mults), 2 ** (len(self.channel_mults) - 1)
+        if levels < 1 or self.base_channels < 1 or min(self.channel_mults) < 1:
+            raise ValueError(f"need base_channels >= 1 and channel_mults of positive ints, got {self.base_channels}, "
+                             f"{tuple(self.channel_mults)}")
+        if self.image_size % factor:
+            raise ValueError(f"image_size ({self.image_size}) must be divisible by {factor}: {levels} levels halve it "
+                             f"{levels - 1} times (channel_mults={tuple(self.channel_mults)})")
+        if any(not 0 <= lvl < levels for lvl in self.attn_levels):
+            raise ValueError(f"attn_levels {tuple(self.attn_levels)} must be level indices in [0, {levels})")
+        for lvl in (*self.attn_levels, levels - 1):  # the bottleneck always has cross-attention
+            if (self.base_channels * self.channel_mults[lvl]) % self.num_heads:
+                raise ValueError(f"level {lvl} has {self.base_channels * self.channel_mults[lvl]} channels, not "
+                                 f"divisible by num_heads={self.num_heads}: change base_channels or channel_mults")
 
 
 def count_parameters(module):

@@ -24,6 +24,7 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 ATTRIBUTE_NAMES = ("shape", "colour", "position")
 SHAPES = ("circle", "square", "triangle", "cross")
@@ -55,17 +56,36 @@ QUADRANT_CENTRES = {"top left": (0.27, 0.27), "top right": (0.73, 0.27),  # (x, 
 
 @dataclass
 class WorldConfig:
-    image_size: int = 16
-    num_general: int = 2000      # unique images with freshly drawn captions
-    num_global: int = 10         # globally memorized images ...
-    global_duplicates: int = 150  # ... each repeated this many times under one caption
+    """The world's knobs. A run reads them from prss_mini/config.py (`world_config`), where their defaults live."""
+    image_size: int
+    num_general: int          # unique images with freshly drawn captions
+    num_global: int           # globally memorized images ...
+    global_duplicates: int    # ... each repeated this many times under one caption
     # titled global image k: this many of its duplicates carry a fresh title-keeping phrasing instead of the fixed
     # caption (one entry per titled image, so len(title_variants) of the global captions carry a title word)
-    title_variants: tuple = (3, 5, 7, 9)
-    num_local: int = 100         # stamped images whose captions share the credit phrase
-    num_heldout_combos: int = 8  # attribute combinations kept out of training
-    heldout_phrasings: int = 3   # captions per held-out combination
-    seed: int = 0
+    title_variants: tuple
+    num_local: int            # stamped images whose captions share the credit phrase
+    num_heldout_combos: int   # attribute combinations kept out of training
+    heldout_phrasings: int    # captions per held-out combination
+    seed: int
+
+    def __post_init__(self):
+        n_combos = len(SHAPES) * len(COLOURS) * len(POSITIONS)
+        if self.image_size < 8:
+            raise ValueError(f"image_size must be at least 8 pixels, got {self.image_size}")
+        for name in ("num_general", "num_global", "global_duplicates", "num_local", "heldout_phrasings"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 1 <= self.num_heldout_combos <= n_combos - self.num_global:
+            raise ValueError(f"num_heldout_combos must be in [1, {n_combos - self.num_global}] (there are {n_combos} "
+                             f"attribute combinations and num_global={self.num_global} need their own), "
+                             f"got {self.num_heldout_combos}")
+        if len(self.title_variants) > min(self.num_global, len(TITLES)):
+            raise ValueError(f"title_variants has {len(self.title_variants)} entries (one per titled image), but there "
+                             f"are only num_global={self.num_global} global images and {len(TITLES)} title words")
+        if any(not 0 <= v < self.global_duplicates for v in self.title_variants):
+            raise ValueError(f"every entry of title_variants={tuple(self.title_variants)} must lie in "
+                             f"[0, global_duplicates={self.global_duplicates}): some duplicates keep the fixed caption")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -94,8 +114,8 @@ def make_caption(attributes, rng, title=None, credit=None):
     return text
 
 
-def _lookup(words):
-    """Map every synonym (as a word tuple) to (attribute index, value index)."""
+def _synonym_table():
+    """Every synonym (as a word tuple) -> (attribute index, value index)."""
     table = {}
     for a, groups in enumerate((SHAPE_WORDS, COLOUR_WORDS, POSITION_WORDS)):
         for value, synonyms in groups.items():
@@ -104,14 +124,22 @@ def _lookup(words):
     return table
 
 
-_SYNONYMS = _lookup(None)
+_SYNONYMS = _synonym_table()
+
+
+def split_words(text):
+    """The words of a caption as the model reads them: lower case, with `,` and `:` as words of their own.
+
+    The one normalisation of the toy: the tokenizer and `parse_caption` both read captions through it, so
+    "Zorvex: a Red circle" means to the paraphraser exactly what it means to the model."""
+    return re.findall(r"[a-z]+|[,:]", text.lower())
 
 
 def parse_caption(text):
-    """Read the attributes a caption names: (attributes (3,) int array or None where unnamed, title, credit).
+    """Read the attributes a caption names: (attributes [3 ints, None where unnamed], title, credit).
 
-    The parser matches the longest synonym first ("top left corner" before "top left")."""
-    words = text.split()
+    Reads the words of `split_words`; the longest synonym matches first ("top left corner" before "top left")."""
+    words = split_words(text)
     attributes = [None, None, None]
     i = 0
     while i < len(words):
@@ -125,7 +153,8 @@ def parse_caption(text):
         else:
             i += 1
     title = next((w for w in words if w in TITLES), None)
-    credit = next((c for c in CREDITS if f" {c}" in f" {text}"), None)
+    joined = " " + " ".join(words) + " "
+    credit = next((c for c in CREDITS if f" {c} " in joined), None)
     return attributes, title, credit
 
 
@@ -212,7 +241,30 @@ def render(attributes, rng, size=16, stamp=False):
 
 
 def to_uint8(images):
+    """float images in [0, 1] -> uint8 (N, H, W, 3), the toy's image format everywhere outside the model."""
     return np.clip(np.round(np.asarray(images) * 255), 0, 255).astype(np.uint8)
+
+
+def check_images(images, name="images", n=None):
+    """`images` itself if it is a uint8 numpy array (N, H, W, 3) (with N == n if given), else a clear ValueError."""
+    if not (isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim == 4
+            and images.shape[-1] == 3):
+        got = f"{type(images).__name__} {getattr(images, 'dtype', '')} {getattr(images, 'shape', '')}"
+        raise ValueError(f"{name} must be a uint8 numpy array (N, H, W, 3), got {got}")
+    if n is not None and len(images) != n:
+        raise ValueError(f"{len(images)} {name} but {n} attribute rows / prompts")
+    return images
+
+
+def images_to_tensor(images):
+    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1], the range the diffusion model works in."""
+    return torch.as_tensor(np.asarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def tensor_to_images(x):
+    """float (N, 3, H, W) in [-1, 1] -> uint8 (N, H, W, 3)."""
+    x = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -231,12 +283,6 @@ def build_dataset(cfg: WorldConfig):
     Returns a dict: images uint8 (N, H, W, 3) with every duplicate, captions (N,), group (N,), attributes (N, 3),
     image_id (N,) (duplicates share it), attribute_names (3,), heldout_captions (M,), heldout_attributes (M, 3)."""
     num_titled = len(cfg.title_variants)
-    if num_titled > min(cfg.num_global, len(TITLES)):
-        raise ValueError(f"title_variants has {num_titled} entries (one per titled image), but there are only "
-                         f"num_global={cfg.num_global} global images and {len(TITLES)} title words")
-    if any(not 0 <= v < cfg.global_duplicates for v in cfg.title_variants):
-        raise ValueError(f"every entry of title_variants={tuple(cfg.title_variants)} must lie in "
-                         f"[0, global_duplicates={cfg.global_duplicates}): some duplicates keep the fixed caption")
     rng = np.random.default_rng(cfg.seed)
     combos = all_combinations()
     order = rng.permutation(len(combos))

@@ -3,8 +3,7 @@
 import pytest
 import torch
 
-from prss_mini import pipeline
-from prss_mini.config import make_config
+from prss_mini.config import make_config, text_encoder_config, unet_config
 from prss_mini.pipeline import ToyPipeline
 from prss_mini.text_encoder import TextEncoder
 from prss_mini.unet import UNet
@@ -18,8 +17,8 @@ def random_pipe():
     torch.set_num_threads(1)
     cfg = make_config("tiny")
     torch.manual_seed(0)
-    text_encoder = TextEncoder(pipeline.text_encoder_config(cfg))
-    unet = UNet(pipeline.unet_config(cfg))
+    text_encoder = TextEncoder(text_encoder_config(cfg))
+    unet = UNet(unet_config(cfg))
     for p in unet.conv_out.parameters():
         torch.nn.init.normal_(p, std=0.02)
     return ToyPipeline.from_modules(cfg, text_encoder, unet)
@@ -33,3 +32,11 @@ def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "tiny"
     train_toy.main(["--preset", "tiny", "--out", str(out)])
     return out
+
+
+@pytest.fixture
+def five_step_pipe(random_pipe, monkeypatch):
+    """random_pipe whose default schedule has 5 steps: detection happens at the first step of a 5-step loop, so
+    PRSS reuses its detection predictions there (what the UNet-call counts assume)."""
+    monkeypatch.setattr(random_pipe.config, "num_inference_steps", 5)
+    return random_pipe

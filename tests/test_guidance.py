@@ -217,8 +217,8 @@ def test_prss_search_gives_each_sample_what_its_own_one_by_one_search_gives(rand
     assert len({len(m) for m in info["magnitudes"]}) > 1  # the samples' searches did stop at different places
 
 
-def test_prss_scores_each_candidate_for_all_samples_in_one_unet_call(random_pipe):
-    calls = []
+def test_prss_scores_each_candidate_for_all_samples_in_one_unet_call(five_step_pipe):
+    random_pipe, calls = five_step_pipe, []
     real = random_pipe.unet
     random_pipe.unet = lambda x, t, c: calls.append(len(x)) or real(x, t, c)
     try:
@@ -240,11 +240,13 @@ def _unet_evals(pipe, method, **kw):
         pipe.unet = real
 
 
-def test_prss_costs_what_cfg_costs_when_nothing_triggers(random_pipe):
+def test_prss_costs_what_cfg_costs_when_nothing_triggers(five_step_pipe):
+    random_pipe = five_step_pipe
     assert _unet_evals(random_pipe, "prss", lambda_ss=1e9, lambda_pr=1.0, tau=2.0) == _unet_evals(random_pipe, "cfg")
 
 
-def test_prss_adds_one_evaluation_per_step_per_triggered_sample_plus_the_search(random_pipe):
+def test_prss_adds_one_evaluation_per_step_per_triggered_sample_plus_the_search(five_step_pipe):
+    random_pipe = five_step_pipe
     n_s, steps, B = 4, 5, 2
     evals = _unet_evals(random_pipe, "prss", lambda_ss=0.0, lambda_pr=1.0, tau=2.0, n_s=n_s)
     assert evals == _unet_evals(random_pipe, "cfg") + B * steps + B * n_s  # lambda_ss 0: every candidate scored
@@ -252,8 +254,9 @@ def test_prss_adds_one_evaluation_per_step_per_triggered_sample_plus_the_search(
 
 @pytest.mark.parametrize("method", ["pr", "ss"])
 def test_ablations_run(random_pipe, method):
+    thresholds = dict(lambda_ss=0.0) if method == "ss" else dict(lambda_ss=0.0, lambda_pr=0.0, tau=1.0)
     images = random_pipe.generate("a red circle in the top left", method=method, num_images=2,
-                                  num_inference_steps=3, lambda_ss=0.0, lambda_pr=0.0, tau=1.0)
+                                  num_inference_steps=3, **thresholds)
     assert images.shape == (2, 16, 16, 3)
 
 

@@ -6,7 +6,8 @@ from prss_mini.metrics import (
     copy_rate, is_copy, nearest_training, ratio_copy, roc_auc, roc_curve, stamp_present,
     unique_training_images,
 )
-from prss_mini.world import WorldConfig, all_combinations, build_dataset, render, to_uint8
+from prss_mini.config import make_config, world_config
+from prss_mini.world import all_combinations, build_dataset, render, to_uint8
 
 
 def renders(n, seed, stamp=False, combos=None):
@@ -24,14 +25,14 @@ def perturb(images, std, seed):
 @pytest.fixture(scope="module")
 def world():
     """The default (calibration) world: its distinct training images and their attributes."""
-    data = build_dataset(WorldConfig())
+    data = build_dataset(world_config(make_config("cpu")))
     images, _, _ = unique_training_images(data)
     return images, data["attributes"][np.unique(data["image_id"], return_index=True)[1]]
 
 
 def test_unique_training_images_keeps_one_image_per_id():
-    data = build_dataset(WorldConfig(num_general=20, num_global=2, global_duplicates=5, title_variants=(1,),
-                                     num_local=3))
+    data = build_dataset(world_config(make_config("cpu", num_general=20, num_global=2, global_duplicates=5,
+                                                       title_variants=(1,), num_local=3)))
     images, ids, group = unique_training_images(data)
     assert len(images) == len(ids) == len(group) == len(np.unique(data["image_id"])) == 25
     assert (np.sort(ids) == np.unique(data["image_id"])).all()

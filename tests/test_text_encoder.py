@@ -5,6 +5,8 @@ import torch
 
 from prss_mini.text_encoder import ImageEncoder, TextEncoder, TextEncoderConfig, Tokenizer, clip_loss
 
+SMALL = dict(dim=64, layers=2)
+
 
 def test_tokenizer_round_trip():
     tok = Tokenizer()
@@ -37,7 +39,7 @@ def test_too_long_prompt_is_a_clear_error():
 
 def test_text_encoder_shapes():
     torch.manual_seed(0)
-    enc = TextEncoder(TextEncoderConfig())
+    enc = TextEncoder(TextEncoderConfig(**SMALL))
     tokens, pooled = enc(Tokenizer()(["a red circle", "a blue square in the top left"]))
     assert tokens.shape == (2, 24, 64) and pooled.shape == (2, 64)
 
@@ -45,7 +47,7 @@ def test_text_encoder_shapes():
 def test_padding_does_not_change_the_real_tokens():
     """Padding is masked inside the encoder: a prompt's states do not depend on what fills the rest."""
     torch.manual_seed(0)
-    enc = TextEncoder(TextEncoderConfig()).eval()
+    enc = TextEncoder(TextEncoderConfig(**SMALL)).eval()
     long_tok = Tokenizer(max_length=24)
     short_tok = Tokenizer(max_length=12)
     a, _ = enc(long_tok(["a red circle"]))

@@ -3,7 +3,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from prss_mini.unet import UNET_PRESETS, UNet, UNetConfig, count_parameters, timestep_embedding
+from prss_mini.config import make_config, unet_config
+from prss_mini.unet import UNet, count_parameters, timestep_embedding
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -18,7 +19,7 @@ def one_thread():
 
 def make(preset="tiny", seed=0, random_head=False):
     torch.manual_seed(seed)
-    model = UNet(UNetConfig(**UNET_PRESETS[preset]))
+    model = UNet(unet_config(make_config(preset)))
     if random_head:
         # The final conv is zero-initialised, so the untrained output is 0 whatever the input;
         # give it random weights so the output can show what it depends on.

@@ -3,10 +3,12 @@
 import numpy as np
 import pytest
 
+from prss_mini.config import make_config, world_config
 from prss_mini.world import (CREDITS, TITLES, WorldConfig, all_combinations, build_dataset, make_caption,
                              memorized_captions, num_variants, parse_caption, render, stamp_pattern, vocabulary)
 
-SMALL = WorldConfig(num_general=60, num_global=3, global_duplicates=5, title_variants=(2,), num_local=6, seed=3)
+SMALL = world_config(make_config("cpu", num_general=60, num_global=3, global_duplicates=5, title_variants=(2,),
+                                 num_local=6, seed=3))
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +70,7 @@ def test_untitled_global_images_have_one_caption(data):
 
 def test_title_variants_must_leave_some_fixed_captions():
     with pytest.raises(ValueError, match="title_variants"):
-        build_dataset(WorldConfig(num_general=5, num_global=2, global_duplicates=4, title_variants=(4,), num_local=1))
+        WorldConfig(**{**vars(SMALL), "global_duplicates": 4, "title_variants": (4,)})
 
 
 def test_local_images_share_the_credit_and_the_stamp(data):

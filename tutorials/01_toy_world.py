@@ -22,12 +22,10 @@
 # This tutorial uses no model, only the data.
 
 # %%
-from common import out_dir, quick, save_grid, show_rows  # noqa: F401  (puts the repo root on sys.path)
+from common import out_dir, quick, show, show_rows
 
 import os
 
-import matplotlib
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -35,7 +33,7 @@ from prss_mini import world
 from prss_mini.config import PRESETS
 from prss_mini.guidance.paraphrase import paraphrases, same_meaning
 
-OUT = out_dir(__file__)
+OUT = out_dir("01_toy_world")
 FIGURES = ["groups.png", "same_caption_different_images.png", "stamp.png"]
 
 
@@ -165,8 +163,7 @@ for ax, (name, image) in zip(axes, panels):
     ax.set_title(name, fontsize=8)
     ax.axis("off")
 fig.tight_layout()
-fig.savefig(os.path.join(OUT, "stamp.png"), dpi=120)
-plt.close(fig)
+show(fig, os.path.join(OUT, "stamp.png"), dpi=120)
 print(f"saved {os.path.join(OUT, 'stamp.png')}")
 print("look at stamp.png: the mean of the local images still shows the stamp; the mean of general images is a blur.")
 print(f"'{world.CREDITS[0]}' ends {sum(c.endswith(world.CREDITS[0]) for c in data['captions'])} training captions, "

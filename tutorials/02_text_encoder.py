@@ -13,13 +13,11 @@
 # The UNet never sees the pooled embedding: it reads all L token states. That detail matters for memorization.
 
 # %%
-from common import get_run, out_dir, quick, save_grid  # noqa: F401
+from common import get_run, out_dir, show
 
 import math
 import os
 
-import matplotlib
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
@@ -32,7 +30,7 @@ from prss_mini.pipeline import ToyPipeline
 from prss_mini.text_encoder import clip_loss
 
 RUN = get_run()
-OUT = out_dir(__file__)
+OUT = out_dir("02_text_encoder")
 FIGURES = ["clip_loss.png", "similarity.png"]
 pipe = ToyPipeline(RUN)  # loads RUN/text_encoder.pt (and the UNet, unused here)
 tok, encoder = pipe.tokenizer, pipe.text_encoder
@@ -49,7 +47,8 @@ text = "a picture of a crimson disc at the upper left , photo by acme"
 ids = tok.encode(text)
 print("ids:   ", ids)
 print("tokens:", [tok.vocab[i] for i in ids])
-print("decode:", repr(tok.decode(ids)), "| round trip:", tok.decode(ids) == text)
+print("decode:", repr(tok.decode(ids)))
+assert tok.decode(ids) == text, "the round trip text -> ids -> text must give the text back"
 print("the empty prompt e_0 (CFG's unconditional branch):", [tok.vocab[i] for i in tok.encode("")[:3]], "...")
 try:
     tok.encode("a red banana in the top left")
@@ -64,7 +63,8 @@ with torch.no_grad():
     states, pooled = encoder(tok([text, ""]))
 print("per-token states", tuple(states.shape), "(B, L, D): what the UNet cross-attends to")
 print("pooled embedding", tuple(pooled.shape), "(B, E): the state at <eos>, projected; used only by CLIP training")
-print("pipe.encode gives the same states:", torch.allclose(pipe.encode([text]), states[:1], atol=1e-5))
+assert torch.allclose(pipe.encode([text]), states[:1], atol=1e-5), "pipe.encode must give the encoder's states"
+print("pipe.encode gives the same states: checked")
 
 # %% [markdown]
 # ## How the encoder was trained: the CLIP objective
@@ -98,8 +98,7 @@ ax.axhline(math.log(128), color="k", ls=":", label="chance, log 128 (train_clip'
 ax.set(xlabel="step", ylabel="CLIP loss", title="text encoder pre-training")
 ax.legend(fontsize=8)
 fig.tight_layout()
-fig.savefig(os.path.join(OUT, "clip_loss.png"), dpi=110)
-plt.close(fig)
+show(fig, os.path.join(OUT, "clip_loss.png"), dpi=110)
 print(f"saved {os.path.join(OUT, 'clip_loss.png')}: CLIP loss {losses[0]:.3f} -> {np.mean(losses[-20:]):.3f}")
 print("look at clip_loss.png: the loss should start near chance and fall; it cannot reach 0, since many training "
       "pictures share the same described content and differ only in what captions never say.")
@@ -153,8 +152,7 @@ for ax, sim, title in zip(axes, (pooled_sim, token_sim), titles):
     ax.set_yticks(range(len(labels)), labels)
     ax.set_title(title, fontsize=10)
 fig.colorbar(im, ax=axes, shrink=0.8, label="cosine similarity")
-fig.savefig(os.path.join(OUT, "similarity.png"), dpi=110)
-plt.close(fig)
+show(fig, os.path.join(OUT, "similarity.png"), dpi=110)
 print(f"saved {os.path.join(OUT, 'similarity.png')}")
 
 for name, sim in (("pooled", pooled_sim), ("token states", token_sim)):

@@ -7,23 +7,22 @@
 # guidance (Ho & Salimans 2022). The code is `prss_mini/diffusion.py`; names follow diffusers.
 
 # %%
-from common import get_run, out_dir, quick, save_grid, show_rows  # noqa: F401
+from common import get_run, out_dir, quick, show, show_rows
 
 import os
 import time
 
-import matplotlib
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
 from prss_mini.diffusion import SCHEDULES, NoiseSchedule, add_noise, cfg_hook, predict_x0, sample, timesteps_for
 from prss_mini.judges import Judges
-from prss_mini.pipeline import ToyPipeline, images_to_tensor, tensor_to_images
+from prss_mini.pipeline import ToyPipeline
+from prss_mini.world import images_to_tensor, tensor_to_images
 
 RUN = get_run()
-OUT = out_dir(__file__)
+OUT = out_dir("03_diffusion")
 FIGURES = ["forward.png", "schedules.png", "samplers.png", "cfg_sweep.png"]
 pipe = ToyPipeline(RUN)
 data = pipe.dataset
@@ -84,8 +83,7 @@ for ax, ylabel in zip(axes, ("alphas_cumprod (abar_t)", "log SNR = log(abar_t / 
     ax.set(xlabel="t", ylabel=ylabel)
 axes[0].legend(fontsize=8)
 fig.tight_layout()
-fig.savefig(os.path.join(OUT, "schedules.png"), dpi=110)
-plt.close(fig)
+show(fig, os.path.join(OUT, "schedules.png"), dpi=110)
 print(f"saved {os.path.join(OUT, 'schedules.png')}: the dotted line is t = {t_first}, the first DDIM step")
 
 # %% [markdown]
@@ -109,8 +107,9 @@ prompt = caption
 x_T = pipe.initial_noise(K, seed=0)                                                 # (K, 3, H, W)
 hook = cfg_hook(pipe.unet, pipe.encode([prompt]).expand(K, -1, -1), pipe.empty, pipe.config.guidance_scale)
 by_hand = tensor_to_images(sample(hook, tuple(x_T.shape), pipe.schedule, 50, x_T=x_T))
-print("sample(cfg_hook(...)) == pipe.generate(...):",
-      np.array_equal(by_hand, pipe.generate(prompt, num_images=K, seed=0, num_inference_steps=50)))
+assert np.array_equal(by_hand, pipe.generate(prompt, num_images=K, seed=0, num_inference_steps=50)), \
+    "the loop written out must give pipe.generate's images bit for bit"
+print("sample(cfg_hook(...)) == pipe.generate(...): the same images, bit for bit")
 
 settings = [("DDIM, 10 steps", dict(num_inference_steps=10)),
             ("DDIM, 50 steps", dict(num_inference_steps=50)),

@@ -14,13 +14,11 @@
 # training items, so the model sees each of them, always with the same caption, very many times (printed below).
 
 # %%
-from common import ROOT, get_run, out_dir, quick, save_grid, show_rows  # noqa: F401
+from common import ROOT, get_run, out_dir, quick, show, show_rows
 
 import glob
 import os
 
-import matplotlib
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -29,7 +27,8 @@ from prss_mini.checkpoint import load_checkpoint
 from prss_mini.config import to_dict
 from prss_mini.evaluate import prompt_sets
 from prss_mini.guidance.paraphrase import paraphrases
-from prss_mini.pipeline import ToyPipeline, unet_config
+from prss_mini.config import unet_config
+from prss_mini.pipeline import ToyPipeline
 from prss_mini.unet import UNet
 
 CPU_RUN = os.path.join(ROOT, "runs", "cpu")
@@ -38,7 +37,7 @@ if not quick() and not os.environ.get("PRSS_RUN") and not os.path.exists(os.path
     import train_toy
     train_toy.main(["--preset", "cpu", "--out", CPU_RUN])
 RUN = get_run()
-OUT = out_dir(__file__)
+OUT = out_dir("04_training_and_memorization")
 FIGURES = ["loss.png", "global_copies.png", "paraphrase_copies.png", "copy_over_training.png"]
 pipe = ToyPipeline(RUN)
 data = pipe.dataset
@@ -68,8 +67,7 @@ ax.set(xlabel="training step", ylabel=f"MSE ({cfg.prediction_type})", yscale="lo
        title=f"diffusion training loss ({cfg.preset})")
 ax.legend(fontsize=8)
 fig.tight_layout()
-fig.savefig(os.path.join(OUT, "loss.png"), dpi=110)
-plt.close(fig)
+show(fig, os.path.join(OUT, "loss.png"), dpi=110)
 print(f"saved {os.path.join(OUT, 'loss.png')}: {len(losses)} steps, loss {losses[:50].mean():.4f} (first 50) -> "
       f"{losses[-200:].mean():.4f} (last 200)")
 
@@ -191,8 +189,7 @@ ax.plot(curve["step"], curve["global sim"], "o--", color="crimson", alpha=0.5, l
 ax.set(xlabel="training step", ylim=(-0.05, 1.05), title="copying along training" + note)
 ax.legend(fontsize=8)
 fig.tight_layout()
-fig.savefig(os.path.join(OUT, "copy_over_training.png"), dpi=110)
-plt.close(fig)
+show(fig, os.path.join(OUT, "copy_over_training.png"), dpi=110)
 print(f"saved {os.path.join(OUT, 'copy_over_training.png')}")
 
 # %% [markdown]

@@ -24,24 +24,23 @@
 # A local caption pins down the stamp: somewhere in between.
 
 # %%
-from common import get_run, out_dir, quick, save_grid  # noqa: F401
+from common import get_run, out_dir, quick, show
 
 import os
 
-import matplotlib
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
 from prss_mini import metrics
-from prss_mini.diffusion import predict_noise, predict_x0, timesteps_for
+from prss_mini.diffusion import predict_noise, predict_x0
 from prss_mini.evaluate import prompt_sets
 from prss_mini.guidance.detect import detection_score, first_step_magnitude, magnitude_trace, noise_magnitude
-from prss_mini.pipeline import ToyPipeline, tensor_to_images
+from prss_mini.pipeline import ToyPipeline
+from prss_mini.world import tensor_to_images
 
 RUN = get_run()
-OUT = out_dir(__file__)
+OUT = out_dir("05_detecting_memorization")
 FIGURES = ["first_step_x0.png", "traces.png", "first_step_hist.png", "roc.png"]
 pipe = ToyPipeline(RUN)
 data = pipe.dataset
@@ -56,7 +55,7 @@ print({k: round(th[k], 3) for k in ("lambda_ss", "lambda_pr", "tau")}, "-", th["
 # %%
 prompts = {g: sets[g][0][0] for g in ("global", "local", "general")}
 x_T = pipe.initial_noise(4, seed=0)                                                 # (4, 3, H, W)
-t = timesteps_for(pipe.config.num_inference_steps, pipe.schedule)[0]                # the noisiest step
+t = pipe.detection_timestep                      # the first (noisiest) step of the run's schedule: detection
 abar = pipe.schedule.alphas_cumprod[t]
 panels, labels = [], []
 with torch.no_grad():
@@ -66,8 +65,9 @@ with torch.no_grad():
         x0_u, x0_c = predict_x0(x_T, eps_u, abar), predict_x0(x_T, eps_c, abar)
         via_x0 = (abar / (1 - abar)).sqrt() * (x0_c - x0_u).flatten(1).norm(dim=1)
         lib = first_step_magnitude(pipe, pipe.encode([prompt]), x_T)[0]
-        print(f"{group:8s} m at t={t}: {m.numpy().round(3)}  | via x0_hat: {torch.allclose(m, via_x0, rtol=1e-3)}"
-              f" | first_step_magnitude: {torch.allclose(m, lib, rtol=1e-4)}  | {prompt!r}")
+        assert torch.allclose(m, via_x0, rtol=1e-3), "m_t must equal the x0_hat form of the same gap"
+        assert torch.allclose(m, lib, rtol=1e-4), "the library's first_step_magnitude must give the same m"
+        print(f"{group:8s} m at t={t}: {m.numpy().round(3)} (= the x0_hat form = first_step_magnitude) | {prompt!r}")
         own = data["images"][data["captions"] == prompt][0]
         panels.append([tensor_to_images(x0_u[:1])[0], tensor_to_images(x0_c[:1])[0], own])
         labels.append(f"{group}: m = {float(m[0]):.3f}")
@@ -78,8 +78,7 @@ for r, (row, label) in enumerate(zip(panels, labels)):
         axes[r, c].set_title(f"{label}\n{name}" if c == 0 else name, fontsize=7)
         axes[r, c].axis("off")
 fig.tight_layout()
-fig.savefig(os.path.join(OUT, "first_step_x0.png"), dpi=120)
-plt.close(fig)
+show(fig, os.path.join(OUT, "first_step_x0.png"), dpi=120)
 print(f"saved {os.path.join(OUT, 'first_step_x0.png')}")
 print("look at first_step_x0.png: the middle column is the model's guess at the noisiest step. If the global "
       "row already looks like its training image (right) while the general row is a blurred shape, the model "
@@ -103,8 +102,7 @@ for name, ls in (("lambda_pr", "--"), ("tau", ":")):
 ax.set(xlabel="sampling step i (0 = noisiest)", ylabel="m_t", title="||eps(x_t, e_p) - eps(x_t, e_0)|| under CFG")
 ax.legend(fontsize=8)
 fig.tight_layout()
-fig.savefig(os.path.join(OUT, "traces.png"), dpi=110)
-plt.close(fig)
+show(fig, os.path.join(OUT, "traces.png"), dpi=110)
 print(f"saved {os.path.join(OUT, 'traces.png')}")
 print("look at traces.png: do the red (global) and orange (local) curves stand above the blue and green ones, "
       "and at which steps? That is where PR would act.")
@@ -134,8 +132,7 @@ ax.axvline(th["lambda_ss"], color="k", ls="--", label=f"lambda_ss = {th['lambda_
 ax.set(xlabel="first-step magnitude m", ylabel="samples", title=f"t = {t}: one prompt x {len(x_T)} seeded x_T each")
 ax.legend(fontsize=8)
 fig.tight_layout()
-fig.savefig(os.path.join(OUT, "first_step_hist.png"), dpi=110)
-plt.close(fig)
+show(fig, os.path.join(OUT, "first_step_hist.png"), dpi=110)
 print(f"saved {os.path.join(OUT, 'first_step_hist.png')}: samples right of the dashed line trigger SS and PR")
 
 # %% [markdown]
@@ -162,8 +159,7 @@ ax.plot([0, 1], [0, 1], "k:", lw=0.8)
 ax.set(xlabel="false positive rate", ylabel="true positive rate", title="first-step detection (stars: lambda_ss)")
 ax.legend(fontsize=8, loc="lower right")
 fig.tight_layout()
-fig.savefig(os.path.join(OUT, "roc.png"), dpi=110)
-plt.close(fig)
+show(fig, os.path.join(OUT, "roc.png"), dpi=110)
 print(f"saved {os.path.join(OUT, 'roc.png')}")
 
 # %% [markdown]

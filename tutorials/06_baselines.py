@@ -23,14 +23,10 @@
 # Lower guidance is the trivial trade-off: any method worth having must sit above its curve.
 
 # %%
-# save_grid: imported for your own experiments
-from common import get_run, hardest_titled, out_dir, quick, save_grid  # noqa: F401
+from common import get_run, hardest_titled, out_dir, quick, show
 
 import time
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -41,7 +37,7 @@ from prss_mini.pipeline import ToyPipeline
 from prss_mini.world import parse_caption
 
 RUN = get_run()
-OUT = out_dir(__file__)
+OUT = out_dir("06_baselines")
 pipe = ToyPipeline(RUN)
 FIGURES = ["baselines.png", "baselines_tradeoff.png"]
 
@@ -97,8 +93,7 @@ def show_rows(rows, col_titles, path, title):
                 ax.set_title(col_titles[c], fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    show(fig, path, dpi=100)
     print(f"saved {path}")
 
 
@@ -172,8 +167,7 @@ for ax, key, name in zip(axes, ("clip", "attr"), ("judge CLIP score", "attribute
     ax.grid(alpha=0.3)
 axes[0].legend(fontsize=8)
 fig.tight_layout()
-fig.savefig(f"{OUT}/baselines_tradeoff.png", dpi=110)
-plt.close(fig)
+show(fig, f"{OUT}/baselines_tradeoff.png", dpi=110)
 print(f"saved {OUT}/baselines_tradeoff.png\nLook at: up and to the left is better. Where does each curve sit "
       "relative to lowcfg's, and relative to the black star (plain CFG)?")
 

@@ -16,12 +16,8 @@
 # it on memorized prompts.
 
 # %%
-# save_grid: imported for your own experiments
-from common import get_run, hardest_titled, image_table, out_dir, quick, save_grid  # noqa: F401
+from common import get_run, hardest_titled, image_table, out_dir, quick, show
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
@@ -36,7 +32,7 @@ from prss_mini.pipeline import ToyPipeline
 from prss_mini.world import parse_caption
 
 RUN = get_run()
-OUT = out_dir(__file__)
+OUT = out_dir("07_prompt_reanchoring")
 pipe = ToyPipeline(RUN)
 FIGURES = ["pr_geometry.png", "pr_ramp.png", "pr_before_after.png", "pr_traces.png"]
 
@@ -81,8 +77,7 @@ ax.margins(0.15)
 ax.set(aspect="equal", title="CARTOON (made-up 2-D vectors, s = 2.5): CFG vs PR updates")
 ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08))
 ax.grid(alpha=0.3)
-fig.savefig(f"{OUT}/pr_geometry.png", dpi=110, bbox_inches="tight")
-plt.close(fig)
+show(fig, f"{OUT}/pr_geometry.png", dpi=110, bbox_inches="tight")
 print(f"saved {OUT}/pr_geometry.png\nLook at: the red arrow runs through eps_p (towards the copy); the blue one "
       "starts at eps_p and points away from it, past eps_ss.")
 
@@ -121,8 +116,7 @@ ax.set(xlabel="m_t = ||eps_ss - eps_u||", ylabel="weight", ylim=(-0.5, s + 0.8),
        title=f"the re-anchoring ramp of this run (s = {s})")
 ax.legend(fontsize=8, loc="center right")
 fig.tight_layout()
-fig.savefig(f"{OUT}/pr_ramp.png", dpi=110)
-plt.close(fig)
+show(fig, f"{OUT}/pr_ramp.png", dpi=110)
 print(f"saved {OUT}/pr_ramp.png\nLook at: s_pr is 1 up to lambda_PR, climbs linearly, and is capped at s from tau on.")
 
 # %% [markdown]
@@ -153,6 +147,7 @@ checks = {  # what it is: (lambda_PR, tau, what prompt_reanchor should return)
 }
 for name, (lam, ta, expected) in checks.items():
     got = prompt_reanchor(eps_u, eps_p, eps_ss, s, lam, ta)
+    assert torch.allclose(got, expected, atol=1e-4), f"{name}: prompt_reanchor disagrees with the equation"
     print(f"{name}: max abs difference {float((got - expected).abs().max()):.2e}")
 print(f"for scale, CFG on e_ss and full PR differ by up to {float((cfg_target - full_pr).abs().max()):.2f}")
 
@@ -223,8 +218,7 @@ for j, p in enumerate(mem):
 axes[0, 0].set_ylabel("m_t  (dashed lambda_PR, dotted tau)")
 axes[0, 0].legend(fontsize=8)
 fig.tight_layout()
-fig.savefig(f"{OUT}/pr_traces.png", dpi=110)
-plt.close(fig)
+show(fig, f"{OUT}/pr_traces.png", dpi=110)
 print(f"saved {OUT}/pr_traces.png\nLook at: steps above the dashed line re-anchor (above the dotted one fully);\n"
       "a target whose m_t stays under lambda_PR makes PR plain CFG on e_ss.")
 

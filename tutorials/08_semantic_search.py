@@ -16,12 +16,8 @@
 # a title word (a name no paraphrase may drop: the hard case), and a local "photo by acme" prompt.
 
 # %%
-# save_grid: imported for your own experiments
-from common import get_run, hardest_titled, image_table, out_dir, quick, save_grid  # noqa: F401
+from common import get_run, hardest_titled, image_table, out_dir, quick, show
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.lines import Line2D
@@ -31,13 +27,13 @@ from prss_mini import metrics
 from prss_mini.evaluate import prompt_sets
 from prss_mini.guidance.detect import first_step_magnitude
 from prss_mini.guidance.paraphrase import paraphrases, same_meaning
-from prss_mini.guidance.ss import SearchResult, semantic_search
+from prss_mini.guidance.ss import SearchResult
 from prss_mini.judges import Judges
 from prss_mini.pipeline import ToyPipeline
 from prss_mini.world import parse_caption
 
 RUN = get_run()
-OUT = out_dir(__file__)
+OUT = out_dir("08_semantic_search")
 pipe = ToyPipeline(RUN)
 FIGURES = ["ss_candidates.png", "ss_images.png"]
 
@@ -130,8 +126,7 @@ axes[-1].legend(handles=[Patch(color="dimgray", label="original prompt"), Patch(
                          Patch(color="crimson", label="chosen e_ss"),
                          Line2D([], [], color="k", ls="--", label="lambda_SS")], fontsize=7)
 fig.tight_layout()
-fig.savefig(f"{OUT}/ss_candidates.png", dpi=110)
-plt.close(fig)
+show(fig, f"{OUT}/ss_candidates.png", dpi=110)
 print(f"saved {OUT}/ss_candidates.png\nLook at: the first bar under the dashed line ends the search (crimson);\n"
       "if every bar is above it, the lowest bar wins, and it may be 'orig'.")
 
@@ -184,9 +179,8 @@ for case, prompt in CASES.items():
     plain = pipe.generate(prompt, method="cfg", num_images=K, seed=SEED)
     searched, info = pipe.generate(prompt, method="ss", num_images=K, seed=SEED, return_info=True,
                                    candidates=cands[case], lambda_ss=lam_ss)
-    agree = info["prompt"][0] == results[case].prompt
-    print(f"\n[{case}] the library's search on sample 0 agrees with ours: {agree}; "
-          f"triggered per sample {info['triggered']}")
+    assert info["prompt"][0] == results[case].prompt, "the library's batched search must choose what ours chose"
+    print(f"\n[{case}] the library's search on sample 0 agrees with ours; triggered per sample {info['triggered']}")
     for label, images in zip(rows, (plain, searched)):
         rows[label].append(images)
         clip = judges.clip_score(images, [prompt] * K).mean()

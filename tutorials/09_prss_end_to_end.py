@@ -17,24 +17,22 @@
 # Then we measure PRSS against everything else, and set the ablation beside the paper's numbers.
 
 # %%
-from common import get_run, image_table, out_dir, quick, save_grid  # noqa: F401  (save_grid: for your own experiments)
+from common import get_run, image_table, out_dir, quick, show
 
 import json
 import os
 import shutil
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from prss_mini import evaluate, figures, metrics
+from prss_mini import analysis, evaluate, figures, metrics, report
+from prss_mini.guidance import METHODS
 from prss_mini.judges import Judges
 from prss_mini.pipeline import ToyPipeline
 
 RUN = get_run()
-OUT = out_dir(__file__)
+OUT = out_dir("09_prss_end_to_end")
 pipe = ToyPipeline(RUN)
 FIGURES = ["prss_vs_cfg.png", "tradeoff.png", "grid.png", "ablation_vs_paper.png"]
 
@@ -75,7 +73,7 @@ print(f"saved {OUT}/prss_vs_cfg.png\nLook at: the general columns should be iden
 # `python -m prss_mini.evaluate --run RUN` samples all global prompts and 5 each of the local, general and
 # held-out ones for every method and knob setting, and writes RUN/eval/ (about 12 minutes on the `cpu` run).
 # Here: if RUN/eval/metrics.json exists we reuse it (rerun the command after retraining!). In quick mode we
-# call the same machinery (`evaluate.run_jobs`, `figures.*`) on 2 prompts per group and 1 image, writing
+# call the same machinery (`evaluate.run_jobs`, `analysis.summarize`, `figures.*`) on 2 prompts per group and 1 image, writing
 # only into this tutorial's folder, so a finished evaluation in RUN/eval is never overwritten by a smoke run.
 
 # %%
@@ -85,10 +83,10 @@ if quick():
     train_images, _, _ = metrics.unique_training_images(pipe.dataset)
     small = {g: p[:2] for g, p in evaluate.prompt_sets(pipe.dataset, per_group=2, seed=0).items()}
     methods = ("cfg", "pe", "pr", "ss", "prss", "lowcfg")   # the ablation, and the trivial baseline
-    jobs = [(m, evaluate.SWEEPS[m][0]) for m in methods]
+    jobs = [(m, METHODS[m].SWEEP[0]) for m in methods]
     results, images = evaluate.run_jobs(pipe, judges, train_images, small, jobs, 1)
     grid_images = dict(zip(methods, images))
-    report = {"results": results, **figures.summarize(results)}
+    summary = {"results": results, **analysis.summarize(results)}
     figures.tradeoff_plot(results, os.path.join(OUT, "tradeoff.png"))
     figures.method_grid(grid_images, small, os.path.join(OUT, "grid.png"))
     print("quick mode: a smoke-sized evaluation (2 prompts per group, 1 image): the numbers are noise")
@@ -99,12 +97,12 @@ else:
         print(f"no {eval_dir}/metrics.json yet: running the full evaluation (about 12 minutes on the cpu run)")
         evaluate.main(["--run", RUN])
     with open(os.path.join(eval_dir, "metrics.json")) as f:
-        report = json.load(f)
-    results = report["results"]
+        summary = json.load(f)
+    results = summary["results"]
     for name in ("tradeoff.png", "grid.png"):
         shutil.copy(os.path.join(eval_dir, name), os.path.join(OUT, name))
-tables = "\n\n".join([figures.ablation_table(results), figures.cost_table(report["cost"]),
-                      figures.dominance_table(report["dominance"])])
+tables = "\n\n".join([report.ablation_table(results), report.cost_table(summary["cost"]),
+                      report.dominance_table(summary["dominance"])])
 with open(os.path.join(OUT, "ablation.md"), "w") as f:
     f.write(tables + "\n")
 print(tables)
@@ -130,8 +128,8 @@ toy_g = {m: (g["global"]["similarity"], g["global"]["clip"]) for m, g in first.i
 toy_l = {m: (g["local"]["stamp"], g["local"]["clip"]) for m, g in first.items()}
 print(f"{'':32s} {'paper SSCD':>10s} {'toy sim':>8s} {'copy':>5s} {'stamp':>6s} | {'paper CLIP':>10s} "
       f"{'toy CLIP':>8s} {'local CLIP':>10s}")
-for method, name in figures.ABLATION:
-    g = first[method]
+for method in report.ABLATION:
+    g, name = first[method], METHODS[method].TITLE
     print(f"{name:32s} {PAPER[method][0]:10.2f} {toy_g[method][0]:8.3f} {g['global']['copy']:5.0%} "
           f"{toy_l[method][0]:6.0%} | {PAPER[method][1]:10.2f} {toy_g[method][1]:8.3f} {toy_l[method][1]:10.3f}")
 
@@ -157,13 +155,12 @@ series = [("paper (SSCD / CLIP)", PAPER, "gray"), ("toy global (similarity / jud
 for ax, k, what in zip(axes, (0, 1), ("privacy (lower = better)", "utility (higher = better)")):
     for i, (label, d, colour) in enumerate(series):
         ax.bar(x + (i - 1) * 0.27, [d[m][k] for m in PAPER], 0.27, color=colour, label=label)
-    ax.set_xticks(x, [name.split(" (")[0] for _, name in figures.ABLATION], fontsize=8)
+    ax.set_xticks(x, [METHODS[m].TITLE.split(" (")[0] for m in report.ABLATION], fontsize=8)
     ax.set(title=what)
 axes[0].legend(fontsize=7)
 fig.suptitle("the ablation: paper vs toy (different models and scales: compare the pattern, not the heights)")
 fig.tight_layout()
-fig.savefig(f"{OUT}/ablation_vs_paper.png", dpi=110)
-plt.close(fig)
+show(fig, f"{OUT}/ablation_vs_paper.png", dpi=110)
 print(f"saved {OUT}/ablation_vs_paper.png")
 
 # %% [markdown]

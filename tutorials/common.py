@@ -1,8 +1,12 @@
 """What every tutorial needs: the run folder to study and a folder for its figures.
 
     from common import get_run, out_dir
-    RUN = get_run()          # a trained run folder (see below)
-    OUT = out_dir(__file__)  # tutorials/out/<this tutorial>/, created
+    RUN = get_run()                   # a trained run folder (see below)
+    OUT = out_dir("05_detecting")     # tutorials/out/05_detecting/, created
+
+The tutorials run as scripts (`python tutorials/05_...py`) and as notebooks (Jupytext, VS Code, a Jupyter kernel
+started in tutorials/): nothing here needs the tutorial's own `__file__`, which a notebook kernel does not have.
+Figures show inline in a notebook and are saved to OUT either way.
 
 The run folder is, in order: $PRSS_RUN if set; runs/cpu if it holds a trained model (made by tutorial 04 or
 `python train_toy.py --preset cpu --out runs/cpu`); otherwise runs/tiny, trained here with the `tiny` preset
@@ -48,37 +52,31 @@ def get_run(prefer="cpu"):
     return tiny
 
 
-def out_dir(tutorial_file):
-    """tutorials/out/<tutorial name>/ (or $PRSS_TUTORIAL_OUT/<name>/), created."""
-    name = os.path.splitext(os.path.basename(tutorial_file))[0]
+def out_dir(name):
+    """tutorials/out/<name>/ (or $PRSS_TUTORIAL_OUT/<name>/), created."""
     base = os.environ.get("PRSS_TUTORIAL_OUT", os.path.join(ROOT, "tutorials", "out"))
     path = os.path.join(base, name)
     os.makedirs(path, exist_ok=True)
     return path
 
 
-def save_grid(images, path, nrow=None, scale=4):
-    """Save uint8 images (N, H, W, 3) as one enlarged PNG grid, `nrow` images per row; returns the path."""
-    import numpy as np
-    from PIL import Image
+def show(fig, path, dpi=110):
+    """Save a matplotlib figure to `path`; in a notebook also show it inline; then close it.
 
-    images = np.asarray(images)
-    n = len(images)
-    nrow = nrow or n
-    rows = []
-    for r in range(0, n, nrow):
-        row = list(images[r:r + nrow]) + [np.full_like(images[0], 255)] * (nrow - len(images[r:r + nrow]))
-        rows.append(np.concatenate(row, axis=1))
-    grid = np.concatenate(rows, axis=0)
-    Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST).save(path)
-    print(f"saved {path}")
+    Scripts make many figures, so each is closed once saved. The backend is whatever matplotlib picks (MPLBACKEND
+    in the tests: Agg; a notebook: inline)."""
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, dpi=dpi)
+    if "ipykernel" in sys.modules:  # running in a Jupyter kernel
+        from IPython.display import display
+        display(fig)
+    plt.close(fig)
     return path
 
 
 def show_rows(rows, labels, path, title):
     """One labelled row of uint8 (H, W, 3) images per entry of `rows`, saved as a PNG; returns the path."""
-    import matplotlib
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
@@ -89,8 +87,7 @@ def show_rows(rows, labels, path, title):
         ax.axis("off")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    show(fig, path, dpi=120)
     print(f"saved {path}")
     return path
 
@@ -99,8 +96,6 @@ def image_table(rows, column_titles, path, title=None):
     """A table of images: `rows` maps a row label to uint8 (N, H, W, 3) images, one per column; saves a PNG.
 
     For "same prompts, same seeds, one row per method" figures, where each column must line up across rows."""
-    import matplotlib
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     n = len(column_titles)
@@ -115,8 +110,7 @@ def image_table(rows, column_titles, path, title=None):
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    show(fig, path, dpi=100)
     return path
 
 

@@ -1,39 +1,41 @@
 """Guidance methods: one file each, all plugged into the one sampling loop of diffusion.py through a hook.
 
-Every method has `build(pipe, prompt, x_T, guidance_scale, **knobs) -> (hook, info)`:
-    hook(x_t, t, i) -> eps_hat  is called by `diffusion.sample` at every step;
-    info                        is a dict the method fills for the curious (triggered?, chosen prompt, traces).
+Every method module declares
+    build(pipe, prompt, x_T, guidance_scale, seed, **knobs) -> (hook, info)
+        hook(x_t, t, i) -> eps_hat  is called by `diffusion.sample` at every step;
+        info                        is a dict the method fills for the curious (triggered?, chosen prompt, traces);
+    TITLE     its name in tables;
+    KNOBS     its options (knobs.Knob: name, type, default, help): `sample` makes them command-line options;
+    SWEEP     the knob settings that trace its privacy-utility curve in `evaluate` (the first is shown in grids);
+              a setting may also set `guidance_scale`;
+    VARIANTS  other settings evaluated with it, each with its own row in the cost table (usually none);
+    BASELINE  True for the methods PRSS is compared with (the dominance table).
 The pure math of each method (e.g. `pr.prompt_reanchor`) is a function of noise predictions, tested on its own.
+
+Adding a method: copy gni.py, change it, and add one line to METHODS below. `sample`, `evaluate` and the tables
+find it there.
 """
 
-import inspect
-from importlib import import_module
+from . import cfg, gni, lowcfg, pe, pr_only, prss, rta, ss_only, transition
+from .knobs import with_defaults
 
-# method name -> (module, the knob an evaluation sweeps)
 METHODS = {
-    "cfg": ("cfg", None),
-    "prss": ("prss", "lambda_ss"),
-    "pr": ("prss", "lambda_pr"),
-    "ss": ("prss", "lambda_ss"),
-    "pe": ("pe", "target"),
-    "gni": ("gni", "noise_scale"),
-    "rta": ("rta", "num_tokens"),
-    "lowcfg": ("lowcfg", "guidance_scale"),
-    "transition": ("transition", "transition_step"),
+    "cfg": cfg,
+    "prss": prss,
+    "pr": pr_only,
+    "ss": ss_only,
+    "pe": pe,
+    "gni": gni,
+    "rta": rta,
+    "lowcfg": lowcfg,
+    "transition": transition,
 }
 
 
 def build_hook(method, pipe, prompt, x_T, guidance_scale, seed=0, **knobs):
-    """Look up `method` and build its hook. Unknown methods raise a ValueError that lists the known ones.
-
-    `seed` reaches the methods that draw random numbers of their own (GNI's noise, RTA's words)."""
+    """Look up `method`, complete its knobs with their defaults and build its hook. An unknown method or knob is
+    a ValueError that lists the known ones. `seed` reaches the methods that draw random numbers of their own."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    module = import_module(f"{__name__}.{METHODS[method][0]}")
-    if "seed" in inspect.signature(module.build).parameters:
-        knobs.setdefault("seed", seed)
-    if method in ("pr", "ss"):  # the two halves of PRSS, for the ablation
-        knobs = {"use_pr": method == "pr", "use_ss": method == "ss", **knobs}
-    if method == "lowcfg":  # its knob is the guidance scale itself
-        guidance_scale = knobs.pop("guidance_scale", guidance_scale)
-    return module.build(pipe, prompt, x_T, guidance_scale, **knobs)
+    module = METHODS[method]
+    return module.build(pipe, prompt, x_T, guidance_scale, seed, **with_defaults(method, module.KNOBS, knobs))

@@ -1,21 +1,14 @@
-"""Calibrate PRSS's thresholds on the toy's own magnitude scale, from training-set statistics.
+"""Calibrate PRSS's thresholds on the toy's own magnitude scale, from non-memorized training prompts only.
 
 The official defaults (lambda_SS = 1, lambda_PR = 3, tau = 5) are magnitudes of Stable Diffusion's latent noise
-predictions; the toy predicts pixels of another size, so its magnitudes live on another scale. The rule uses
-only NON-memorized training prompts (the general group), as a deployer who does not know which prompts are
-memorized would, and keeps the official ratios 1 : 3 : 5:
+predictions; the toy's pixels live on another scale. A deployer does not know which prompts are memorized, so the
+rule looks at general training prompts alone and keeps the official ratios 1 : 3 : 5:
 
     lambda_SS = q95 of the first-step magnitude of general prompts     (about 5% false triggers on them)
     lambda_PR = 3 * lambda_SS,   tau = 5 * lambda_SS
 
 The quantile is a deployer's trade: a false trigger costs a normal prompt its CFG image (and some time), a miss
-leaves a memorized sample copying. On the cpu run q99 missed 31-44% of the samples of two memorized prompts
-whose first-step magnitude sits just above the general tail; q95 missed at most 25% of any one prompt's.
-
-Why not a quantile of the per-step magnitude m_t for lambda_PR: in the toy, m_t of every prompt grows along
-the sampling trajectory (on a trial cpu-preset run a general prompt's mean went from 0.4 at the first step to
-1.9 at the last), so a quantile pooled over steps lands above every target's m_t at every step (3.7 on that run),
-and Prompt Re-anchoring never switches on. That was measured: with that rule PRSS gave SS-only's images.
+leaves a memorized sample copying. docs/results.md has the measurements behind the choice.
 """
 
 import json
@@ -24,6 +17,7 @@ import os
 import numpy as np
 import torch
 
+from ..checkpoint import CheckpointError, write_json_atomic
 from .detect import first_step_magnitude
 
 QUANTILE = 0.95
@@ -45,18 +39,28 @@ def calibrate(pipe, num_prompts=128, num_images=4, seed=1234):
     first = torch.cat([first_step_magnitude(pipe, pipe.encode(prompts[i:i + 32]), x_T).flatten()
                        for i in range(0, len(prompts), 32)])                             # (P * K,)
     lambda_ss = float(torch.quantile(first, QUANTILE))
-    return {**{k: r * lambda_ss for k, r in RATIOS.items()}, "rule": RULE,
+    return {**{k: r * lambda_ss for k, r in RATIOS.items()}, "rule": RULE, "timestep": pipe.detection_timestep,
             "general_first_step_mean": float(first.mean()), "num_prompts": len(prompts), "num_images": num_images}
 
 
 def load_or_calibrate(pipe):
     """RUN/thresholds.json if present, else calibrate now and write it (so every later command agrees)."""
     path = os.path.join(pipe.run_dir, "thresholds.json")
-    if os.path.exists(path):
+    if not os.path.exists(path):
+        thresholds = calibrate(pipe)
+        write_json_atomic(thresholds, path)
+        return thresholds
+    try:
         with open(path) as f:
-            return json.load(f)
-    thresholds = calibrate(pipe)
-    with open(path + ".tmp", "w") as f:
-        json.dump(thresholds, f, indent=2)
-    os.replace(path + ".tmp", path)
+            thresholds = json.load(f)
+        missing = [k for k in (*RATIOS, "timestep") if k not in thresholds]
+    except (ValueError, TypeError) as e:
+        missing = [f"a readable file ({type(e).__name__})"]
+    if missing:
+        raise CheckpointError(f"{path} is not a thresholds file (missing {missing}). Delete it: the next command "
+                              f"calibrates again (a few seconds).")
+    if thresholds["timestep"] != pipe.detection_timestep:
+        raise CheckpointError(f"{path} was calibrated at timestep {thresholds['timestep']}, but this run now detects "
+                              f"at {pipe.detection_timestep} (num_inference_steps changed in config.json). Delete "
+                              f"it to calibrate again.")
     return thresholds

@@ -5,8 +5,14 @@ The reference every mitigation is compared with. The pure function lives in diff
 
 from ..diffusion import cfg_hook
 
+TITLE = "none (plain CFG)"
+KNOBS = ()
+SWEEP = [{}]
+VARIANTS = []
+BASELINE = False
 
-def build(pipe, prompt, x_T, guidance_scale):
+
+def build(pipe, prompt, x_T, guidance_scale, seed):
     """Hook for plain CFG on `prompt` for every sample of x_T (B, C, H, W)."""
     cond = pipe.encode([prompt]).expand(len(x_T), -1, -1)                    # (B, L, D)
     return cfg_hook(pipe.unet, cond, pipe.empty, guidance_scale), {}

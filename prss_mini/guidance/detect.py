@@ -7,7 +7,7 @@ A memorized prompt pulls the prediction far from the unconditional one, already 
 
 import torch
 
-from ..diffusion import predict_noise, timesteps_for
+from ..diffusion import classifier_free_guidance, predict_noise
 
 
 def noise_magnitude(eps_cond, eps_uncond):
@@ -19,20 +19,19 @@ def noise_magnitude(eps_cond, eps_uncond):
 
 @torch.no_grad()
 def first_step_magnitude(pipe, contexts, x_T):
-    """m at the first DDIM step t = T_first for each context against each x_T.
+    """m at the detection timestep (the first step of the run's default schedule) for each context on each x_T.
 
     contexts: (P, L, D) prompt embeddings; x_T: (B, C, H, W). Returns (P, B): row p is prompt p on every x_T.
     One batched UNet call on (P + 1) * B samples (the extra one for the empty prompt)."""
-    t = timesteps_for(pipe.config.num_inference_steps, pipe.schedule)[0]
-    eps = predict_noise(pipe.unet, x_T, t, [pipe.empty] + [c[None] for c in contexts])
+    eps = predict_noise(pipe.unet, x_T, pipe.detection_timestep, [pipe.empty] + [c[None] for c in contexts])
     return torch.stack([noise_magnitude(e, eps[0]) for e in eps[1:]])                     # (P, B)
 
 
 @torch.no_grad()
 def magnitude_trace(pipe, prompt_contexts, x_T, num_steps=None):
-    """m_t at every step of plain-CFG DDIM sampling: (B, steps), one curve per sample (for figures)."""
-    from ..diffusion import classifier_free_guidance, sample
+    """m_t at every step of plain-CFG DDIM sampling: (B, steps), noisiest step first, one curve per sample.
 
+    prompt_contexts: (B, L, D) or (1, L, D) prompt embeddings; x_T: (B, C, H, W)."""
     trace = []
 
     def hook(x_t, t, i):

@@ -9,6 +9,13 @@ The knob lambda (`noise_scale`) trades memorization against prompt fidelity; the
 import torch
 
 from ..diffusion import cfg_hook
+from .knobs import Knob
+
+TITLE = "GNI (Somepalli et al.)"
+KNOBS = (Knob("noise_scale", float, 0.5, "std of the Gaussian noise added to the prompt embedding"),)
+SWEEP = [{"noise_scale": 0.5}, {"noise_scale": 1.0}, {"noise_scale": 2.0}]
+VARIANTS = []
+BASELINE = True
 
 
 def add_embedding_noise(context, noise_scale, generator):
@@ -20,7 +27,7 @@ def add_embedding_noise(context, noise_scale, generator):
     return context + noise_scale * noise
 
 
-def build(pipe, prompt, x_T, guidance_scale, noise_scale=0.1, seed=0):
+def build(pipe, prompt, x_T, guidance_scale, seed, noise_scale):
     """Plain CFG where each sample of x_T (B, C, H, W) gets its own noisy copy of the prompt embedding."""
     cond = pipe.encode([prompt]).expand(len(x_T), -1, -1)                    # (B, L, D), one copy per sample
     cond = add_embedding_noise(cond, noise_scale, torch.Generator().manual_seed(seed))

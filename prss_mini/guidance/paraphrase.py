@@ -8,15 +8,14 @@ A title word is a name, so it is kept verbatim; a credit keeps its meaning (it s
 
 import numpy as np
 
-from ..text_encoder import Tokenizer
-from ..world import CREDITS, make_caption, parse_caption, vocabulary
+from ..world import CREDITS, make_caption, parse_caption, split_words, vocabulary
 
 _KNOWN_WORDS = set(vocabulary())
 
 
 def _normal_form(text):
     # Two strings that tokenize the same are the same prompt for the model ("zorvex: a" == "zorvex : a").
-    return " ".join(Tokenizer.split(text))
+    return " ".join(split_words(text))
 
 
 def paraphrases(prompt, n=25, seed=0):
@@ -26,7 +25,7 @@ def paraphrases(prompt, n=25, seed=0):
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     attributes, title, credit = parse_caption(prompt)
-    unknown = [w for w in Tokenizer.split(prompt) if w not in _KNOWN_WORDS]
+    unknown = [w for w in split_words(prompt) if w not in _KNOWN_WORDS]
     if None in attributes or unknown:
         missing = [name for name, a in zip(("shape", "colour", "position"), attributes) if a is None]
         raise ValueError(f"cannot paraphrase {prompt!r}: the toy paraphraser only knows the toy grammar "

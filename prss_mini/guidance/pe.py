@@ -10,6 +10,16 @@ import torch
 
 from ..diffusion import cfg_hook
 from .detect import noise_magnitude
+from .knobs import Knob
+
+TITLE = "PE (Wen et al.)"
+KNOBS = (Knob("target", float, None, "target first-step magnitude (default: the calibrated lambda_ss)"),
+         Knob("target_factor", float, 1.0, "multiply the target (the evaluation sweeps it)"),
+         Knob("lr", float, 0.05, "AdamW learning rate of the embedding optimisation"),
+         Knob("max_iters", int, 10, "at most this many AdamW steps per sample"))
+SWEEP = [{}, {"target_factor": 0.5}, {"target_factor": 2.0}]
+VARIANTS = []
+BASELINE = True
 
 
 def optimize_embedding(unet, context, uncond, x_T, t, target, lr=0.05, max_iters=10):
@@ -46,24 +56,22 @@ def optimize_embedding(unet, context, uncond, x_T, t, target, lr=0.05, max_iters
     return best, magnitudes
 
 
-def build(pipe, prompt, x_T, guidance_scale, target=None, lr=0.05, max_iters=10):
-    """Plain CFG with an embedding optimised, per sample, on the loop's own x_T at its first step.
-
-    target=None takes pipe.thresholds["lambda_ss"] (set by the PRSS calibration) when the pipe has one."""
+def resolve_target(pipe, target, target_factor):
+    """The target magnitude: `target`, or the run's calibrated lambda_ss when it is None, times target_factor."""
     if target is None:
-        target = (getattr(pipe, "thresholds", None) or {}).get("lambda_ss")
+        target = (pipe.thresholds or {}).get("lambda_ss")
         if target is None:
             raise ValueError("pe needs a target magnitude: pass target=... (e.g. the calibrated lambda_ss), "
                              "or calibrate the pipe first so pipe.thresholds['lambda_ss'] exists")
-    info = {"target": float(target)}
+    return target * target_factor
 
-    def hook(x_t, t, i):
-        if i == 0:  # optimise where sampling starts: the same x_T and the same first timestep
-            cond, magnitudes = optimize_embedding(pipe.unet, pipe.encode([prompt]), pipe.empty, x_t, t, target,
-                                                  lr, max_iters)
-            info.update(iterations=len(magnitudes) - 1, magnitude_before=magnitudes[0].tolist(),
-                        magnitude_after=magnitudes[-1].tolist(), cfg=cfg_hook(pipe.unet, cond, pipe.empty,
-                                                                               guidance_scale))
-        return info["cfg"](x_t, t, i)
 
-    return hook, info
+def build(pipe, prompt, x_T, guidance_scale, seed, target, target_factor, lr, max_iters):
+    """Plain CFG with an embedding optimised, per sample, on the loop's own x_T at the detection timestep (where
+    the target was calibrated)."""
+    target = resolve_target(pipe, target, target_factor)
+    cond, magnitudes = optimize_embedding(pipe.unet, pipe.encode([prompt]), pipe.empty, x_T,
+                                          pipe.detection_timestep, target, lr, max_iters)
+    info = {"target": float(target), "iterations": len(magnitudes) - 1, "magnitude_before": magnitudes[0].tolist(),
+            "magnitude_after": magnitudes[-1].tolist()}
+    return cfg_hook(pipe.unet, cond, pipe.empty, guidance_scale), info

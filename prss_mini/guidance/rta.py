@@ -8,8 +8,14 @@ most of the meaning survives. The knob k (`num_tokens`) is swept by the evaluati
 import numpy as np
 
 from ..diffusion import cfg_hook
-from ..text_encoder import Tokenizer
-from ..world import vocabulary
+from ..world import split_words, vocabulary
+from .knobs import Knob
+
+TITLE = "RTA (Somepalli et al.)"
+KNOBS = (Knob("num_tokens", int, 2, "number of random words inserted into the prompt"),)
+SWEEP = [{"num_tokens": 2}, {"num_tokens": 4}, {"num_tokens": 6}]
+VARIANTS = []
+BASELINE = True
 
 # Punctuation carries no content, so it is not a "random word" (and ':' would fake a title).
 WORDS = [w for w in vocabulary() if w not in (",", ":")]
@@ -23,7 +29,7 @@ def add_random_tokens(prompt, num_tokens, rng, max_length=24):
         raise ValueError(f"num_tokens must be >= 0, got {num_tokens}")
     if num_tokens == 0:
         return prompt
-    words = Tokenizer.split(prompt)              # the tokenizer's words, so ',' and ':' count as it counts them
+    words = split_words(prompt)                  # the tokenizer's words, so ',' and ':' count as it counts them
     room = max_length - 2 - len(words)
     if num_tokens > room:
         raise ValueError(f"cannot add {num_tokens} words to {prompt!r}: it has {len(words)} words and the "
@@ -33,7 +39,7 @@ def add_random_tokens(prompt, num_tokens, rng, max_length=24):
     return " ".join(words)
 
 
-def build(pipe, prompt, x_T, guidance_scale, num_tokens=2, seed=0):
+def build(pipe, prompt, x_T, guidance_scale, seed, num_tokens):
     """Plain CFG where each sample of x_T (B, C, H, W) gets its own randomly augmented prompt."""
     rng = np.random.default_rng(seed)
     prompts = [add_random_tokens(prompt, num_tokens, rng, pipe.tokenizer.max_length) for _ in range(len(x_T))]

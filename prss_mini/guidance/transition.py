@@ -10,6 +10,14 @@ The knob `transition_step` is swept; transition_step = 0 is plain CFG.
 """
 
 from ..diffusion import classifier_free_guidance, predict_noise
+from .knobs import Knob
+
+TITLE = "transition guidance (Jain et al.)"
+KNOBS = (Knob("transition_step", int, 10, "step index where normal guidance starts"),
+         Knob("early_scale", float, 0.0, "guidance scale before it (0: none, < 0: opposite)"))
+SWEEP = [{"transition_step": 10}, {"transition_step": 20}, {"transition_step": 30}]
+VARIANTS = []
+BASELINE = True
 
 
 def transition_scale(i, transition_step, guidance_scale, early_scale=0.0):
@@ -19,7 +27,7 @@ def transition_scale(i, transition_step, guidance_scale, early_scale=0.0):
     return early_scale if i < transition_step else guidance_scale
 
 
-def build(pipe, prompt, x_T, guidance_scale, transition_step=10, early_scale=0.0):
+def build(pipe, prompt, x_T, guidance_scale, seed, transition_step, early_scale):
     """CFG whose scale switches from early_scale to guidance_scale at step index transition_step."""
     transition_scale(0, transition_step, guidance_scale, early_scale)      # validate the knobs up front
     cond = pipe.encode([prompt]).expand(len(x_T), -1, -1)                  # (B, L, D)
