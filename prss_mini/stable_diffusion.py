@@ -256,8 +256,8 @@ def generate(pipe, prompt, method="prss", candidates=None, seed=0, num_images=1,
     """num_images images of `prompt` from a diffusers StableDiffusionPipeline, with DDIM and `method`.
 
     candidates: the user's paraphrases of the prompt, a list of strings or the path of the official code's jsonl
-    (read_candidates); needed by "ss" and "prss". Returns (PIL images, info): info as `denoise`'s, plus
-    info["prompts"], the prompt each sample was guided towards. No safety checker runs (the paper's code has none).
+    (read_candidates); needed by "ss" and "prss". Returns (PIL images, info): info as `denoise`'s (its tensors
+    as float32 on the CPU), plus info["prompts"], the prompt each sample was guided towards. No safety checker runs (the paper's code has none).
     """
     scheduler = ddim_scheduler(pipe)
     paraphrases = resolve_candidates(prompt, candidates)
@@ -267,6 +267,7 @@ def generate(pipe, prompt, method="prss", candidates=None, seed=0, num_images=1,
     latents, info = denoise(pipe.unet, scheduler, latents, prompt_embeds, negative_embeds, method, guidance_scale,
                             num_inference_steps, candidate_embeds, lambda_ss, lambda_pr, tau, per_prompt)
     info["prompts"] = [prompt if k == PROMPT else paraphrases[k] for k in info["chosen"]]
+    info["magnitudes"], info["trace"] = info["magnitudes"].float().cpu(), info["trace"].float().cpu()
     images = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample          # (B, 3, H, W) in [-1, 1]
     return pipe.image_processor.postprocess(images, output_type="pil"), info
 
@@ -275,13 +276,13 @@ def generate(pipe, prompt, method="prss", candidates=None, seed=0, num_images=1,
 def detection_score(pipe, prompts, seed=0, num_images=1, negative_prompt="", num_inference_steps=50,
                      height=None, width=None):
     """Wen et al.'s first-step detection score of each prompt, averaged over the num_images x_T that
-    `generate(..., seed=seed, num_images=num_images)` would draw: a (P,) tensor, ready for an ROC."""
+    `generate(..., seed=seed, num_images=num_images)` would draw: a (P,) float32 CPU tensor, ready for an ROC."""
     scheduler = ddim_scheduler(pipe)
     negative = encode(pipe, [negative_prompt])                                            # (1, L, D)
     latents = initial_latents(pipe, scheduler, num_images, seed, height, width)
     m = first_step_magnitude(pipe.unet, scheduler, latents, encode(pipe, list(prompts)), negative,
                               num_inference_steps)
-    return m.mean(dim=1)                                                                  # (P,)
+    return m.float().mean(dim=1).cpu()                                                    # (P,)
 
 
 def sd_v14_ddim():
