@@ -47,8 +47,9 @@ def check_latents(unet, latents):
         raise ValueError(f"latents must be (B, {C}, h, w) for this UNet, got {tuple(latents.shape)}")
 
 
-def check_embeds(unet, name, embeds, batch=None):
-    """embeds must be (N, L, D) with the UNet's cross_attention_dim D, and N in (1, batch) when batch is given."""
+def check_embeds(unet, name, embeds, batch=None, tokens=None):
+    """embeds must be (N, L, D) with the UNet's cross_attention_dim D, N in (1, batch) when batch is given, and
+    (L, D) = tokens (the prompt's) when tokens is given."""
     width = unet.config.cross_attention_dim
     if embeds.dim() != 3 or (batch is not None and embeds.shape[0] not in (1, batch)):
         rows = "N" if batch is None else f"1 or B = {batch} (the latents' batch)"
@@ -56,6 +57,9 @@ def check_embeds(unet, name, embeds, batch=None):
     if embeds.shape[-1] != width:
         raise ValueError(f"{name} has embedding dim {embeds.shape[-1]} but the UNet's cross_attention_dim is "
                          f"{width}: encode with this model's own text encoder")
+    if tokens is not None and embeds.shape[1:] != tokens:
+        raise ValueError(f"{name} {tuple(embeds.shape)} must have the prompt's (L, D) = {tuple(tokens)}: encode "
+                         f"both with the same tokenizer and text encoder")
 
 
 def check_inputs(unet, latents, prompt_embeds, negative_prompt_embeds, method, guidance_scale,
@@ -65,10 +69,7 @@ def check_inputs(unet, latents, prompt_embeds, negative_prompt_embeds, method, g
         raise ValueError(f"unknown method {method!r}: choose one of {sorted(METHODS)}")
     check_latents(unet, latents)
     check_embeds(unet, "prompt_embeds", prompt_embeds, batch=len(latents))
-    check_embeds(unet, "negative_prompt_embeds", negative_prompt_embeds, batch=len(latents))
-    if prompt_embeds.shape[1:] != negative_prompt_embeds.shape[1:]:
-        raise ValueError(f"prompt_embeds {tuple(prompt_embeds.shape)} and negative_prompt_embeds "
-                         f"{tuple(negative_prompt_embeds.shape)} must have the same (L, D)")
+    check_embeds(unet, "negative_prompt_embeds", negative_prompt_embeds, len(latents), prompt_embeds.shape[1:])
     if num_inference_steps < 1:
         raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
     if method == "cfg":
@@ -76,10 +77,7 @@ def check_inputs(unet, latents, prompt_embeds, negative_prompt_embeds, method, g
     if candidate_embeds is None or len(candidate_embeds) == 0:
         raise ValueError(f"method={method!r} needs candidate_embeds (n_s, L, D): the encoded paraphrases to search "
                          f"(to only measure magnitudes, use method='cfg' or first_step_magnitude)")
-    check_embeds(unet, "candidate_embeds", candidate_embeds)
-    if candidate_embeds.shape[1:] != prompt_embeds.shape[1:]:
-        raise ValueError(f"candidate_embeds {tuple(candidate_embeds.shape)} must have prompt_embeds' (L, D) = "
-                         f"{tuple(prompt_embeds.shape[1:])}: encode them with the same tokenizer and text encoder")
+    check_embeds(unet, "candidate_embeds", candidate_embeds, tokens=prompt_embeds.shape[1:])
     if lambda_ss < 0:
         raise ValueError(f"lambda_ss must be >= 0, got {lambda_ss}")
     if method == "prss":
@@ -96,6 +94,19 @@ def cfg_predictions(unet, x_in, t, negative_prompt_embeds, prompt_embeds):
     eps = unet(torch.cat([x_in, x_in]), t, encoder_hidden_states=torch.cat([negative_prompt_embeds,
                                                                              prompt_embeds])).sample
     return eps.chunk(2)
+
+
+def search(unet, x_in, t, eps_u, magnitudes, candidate_embeds, lambda_ss, per_prompt=False):
+    """SS at the first step: B SearchResults whose prompt is -1 (the prompt) or a candidate index.
+
+    Candidate k is scored with one UNet call on every sample still searching, against that sample's eps_u;
+    magnitudes (B,) are the prompt's own."""
+
+    def score(k, rows):
+        e_k = candidate_embeds[k:k + 1].expand(len(rows), -1, -1)                         # (n, L, D)
+        return noise_magnitude(unet(x_in[rows], t, encoder_hidden_states=e_k).sample, eps_u[rows])
+
+    return semantic_search(PROMPT, magnitudes, range(len(candidate_embeds)), score, lambda_ss, per_prompt)
 
 
 @torch.no_grad()
@@ -157,19 +168,6 @@ def denoise(unet, scheduler, latents, prompt_embeds, negative_prompt_embeds, met
     return latents, info
 
 
-def search(unet, x_in, t, eps_u, magnitudes, candidate_embeds, lambda_ss, per_prompt=False):
-    """SS at the first step: B SearchResults whose prompt is -1 (the prompt) or a candidate index.
-
-    Candidate k is scored with one UNet call on every sample still searching, against that sample's eps_u;
-    magnitudes (B,) are the prompt's own."""
-
-    def score(k, rows):
-        e_k = candidate_embeds[k:k + 1].expand(len(rows), -1, -1)                         # (n, L, D)
-        return noise_magnitude(unet(x_in[rows], t, encoder_hidden_states=e_k).sample, eps_u[rows])
-
-    return semantic_search(PROMPT, magnitudes, range(len(candidate_embeds)), score, lambda_ss, per_prompt)
-
-
 @torch.no_grad()
 def first_step_magnitude(unet, scheduler, latents, prompt_embeds, negative_prompt_embeds, num_inference_steps=50):
     """Wen et al.'s detection score: m = ||eps(x_T, e_p) - eps(x_T, e_0)|| at the first step, per prompt and x_T.
@@ -179,7 +177,7 @@ def first_step_magnitude(unet, scheduler, latents, prompt_embeds, negative_promp
     info["magnitudes"] on the same latents: the scores a detector ranks are the ones PRSS triggers on."""
     check_latents(unet, latents)
     check_embeds(unet, "prompt_embeds", prompt_embeds)
-    check_embeds(unet, "negative_prompt_embeds", negative_prompt_embeds, batch=1)
+    check_embeds(unet, "negative_prompt_embeds", negative_prompt_embeds, 1, prompt_embeds.shape[1:])
     B = latents.shape[0]
     scheduler.set_timesteps(num_inference_steps, device=latents.device)
     t = scheduler.timesteps[0]

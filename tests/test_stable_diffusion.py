@@ -13,7 +13,6 @@ pytest.importorskip("diffusers", reason="prss_mini.stable_diffusion needs diffus
 from diffusers import UNet2DConditionModel  # noqa: E402
 
 from prss_mini import stable_diffusion as sd  # noqa: E402
-from prss_mini.guidance.detect import noise_magnitude  # noqa: E402
 from prss_mini.guidance.pr import prompt_reanchor  # noqa: E402
 from prss_mini.guidance.ss import semantic_search  # noqa: E402
 
@@ -207,10 +206,11 @@ BAD = {
     "latents with 3 channels": (dict(latents=torch.zeros(B, 3, 8, 8)), "latents must be"),
     "prompt batch is neither 1 nor B": (dict(prompt_embeds=torch.zeros(3, L, D)), "prompt_embeds must be"),
     "prompt dim is not the UNet's": (dict(prompt_embeds=torch.zeros(1, L, 8)), "cross_attention_dim"),
-    "negative length differs": (dict(negative_prompt_embeds=torch.zeros(1, L + 1, D)), "same \\(L, D\\)"),
-    "candidates' length differs": (dict(method="prss", candidate_embeds=torch.zeros(2, L + 1, D)), "candidate_embeds"),
+    "negative length differs": (dict(negative_prompt_embeds=torch.zeros(1, L + 1, D)), "prompt's \\(L, D\\)"),
+    "candidates' length differs": (dict(method="prss", candidate_embeds=torch.zeros(2, L + 1, D)),
+                                   "candidate_embeds .* prompt's \\(L, D\\)"),
     "prss without candidates": (dict(method="prss", candidate_embeds=None), "needs candidate_embeds"),
-    "tau <= lambda_pr": (dict(method="prss", lambda_pr=3.0, tau=3.0), "tau"),
+    "tau <= lambda_pr": (dict(method="prss", lambda_pr=3.0, tau=3.0), "must be larger than lambda_pr"),
     "negative lambda_pr": (dict(method="prss", lambda_pr=-1.0), ">= 0"),
     "negative lambda_ss": (dict(method="ss", lambda_ss=-1.0), "lambda_ss must be >= 0"),
     "prss with guidance_scale < 1": (dict(method="prss", guidance_scale=0.5), "guidance_scale >= 1"),
@@ -250,7 +250,7 @@ def test_generate_cfg_equals_the_pipeline_s_own_call(pipe):
     assert [np.asarray(a).tolist() for a in images] == [np.asarray(b).tolist() for b in reference]
 
 
-def test_generate_prss_returns_an_image_and_the_prompt_of_each_sample(pipe):
+def test_generate_returns_one_image_per_sample_and_the_prompt_that_guided_it(pipe):
     paraphrases = ["a circle in red", "red round shape"]
     images, info = sd.generate(pipe, "a red circle", candidates=paraphrases, num_images=2, num_inference_steps=2,
                                lambda_ss=0.0)  # every sample triggers on the tiny pipeline
