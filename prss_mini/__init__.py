@@ -9,4 +9,7 @@ Read the package like the table of contents of a lecture:
     guidance/        CFG, memorization detection, PR, SS, PRSS and the baselines
     metrics.py       copy detection, text alignment, ROC-AUC
     experiment       train_toy.py, sample.py, evaluate.py
+
+    stable_diffusion.py  past the toy: the same PRSS on a diffusers Stable Diffusion pipeline (optional,
+                         needs diffusers; nothing above imports it)
 """

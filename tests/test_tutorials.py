@@ -14,25 +14,30 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TUTORIALS = sorted(glob.glob(os.path.join(ROOT, "tutorials", "[0-9][0-9]_*.py")))
 
 
-def promised_figures(path):
-    """The tutorial's module-level FIGURES list, read without running it."""
+def module_list(path, name, default=None):
+    """The tutorial's module-level list `name` (FIGURES, REQUIRES), read without running it."""
     for node in ast.parse(open(path).read()).body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "FIGURES" for t in node.targets):
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == name for t in node.targets):
             return ast.literal_eval(node.value)
-    raise AssertionError(f"{path} has no FIGURES list")
+    if default is None:
+        raise AssertionError(f"{path} has no {name} list")
+    return default
 
 
-def test_there_are_nine_tutorials():
-    assert len(TUTORIALS) == 9, TUTORIALS
+def test_there_are_ten_tutorials():
+    assert len(TUTORIALS) == 10, TUTORIALS
 
 
 @pytest.mark.parametrize("path", TUTORIALS, ids=[os.path.basename(p) for p in TUTORIALS])
-def test_tutorial_runs_and_writes_its_figures(path, tiny_run, tmp_path):
-    env = dict(os.environ, PRSS_RUN=str(tiny_run), PRSS_QUICK="1", PRSS_TUTORIAL_OUT=str(tmp_path),
-               MPLBACKEND="Agg")
+def test_tutorial_runs_and_writes_its_figures(path, request, tmp_path):
+    for package in module_list(path, "REQUIRES", default=[]):  # optional packages (tutorial 10: diffusers)
+        pytest.importorskip(package, reason=f"{os.path.basename(path)} needs {package}")
+    env = dict(os.environ, PRSS_QUICK="1", PRSS_TUTORIAL_OUT=str(tmp_path), MPLBACKEND="Agg")
+    if "get_run(" in open(path).read():  # a tutorial on a trained toy run: the tiny one, trained once per session
+        env["PRSS_RUN"] = str(request.getfixturevalue("tiny_run"))
     done = subprocess.run([sys.executable, path], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = tmp_path / os.path.splitext(os.path.basename(path))[0]
-    missing = [f for f in promised_figures(path) if not (out / f).exists()]
+    missing = [f for f in module_list(path, "FIGURES") if not (out / f).exists()]
     assert not missing, f"{os.path.basename(path)} did not write {missing}"
