@@ -1,7 +1,7 @@
 # %% [markdown]
 # # 06 · The baselines PRSS is compared with
 #
-# Before we look at PRSS itself, we meet the mitigations it must beat (PRSS-MATH.md, "Baselines"). Every one
+# Before we look at PRSS itself, we meet the mitigations it must beat (docs/math.md, "The baselines"). Every one
 # of them changes only *sampling*; the trained model stays as it is. With eps_u = eps(x_t, e_0) and
 # eps_p = eps(x_t, e_p), plain CFG is
 #

@@ -2,7 +2,7 @@
 # # 08 · Semantic Prompt Search (SS)
 #
 # PR (tutorial 07) needs a target e_ss that means what the user asked for but does not trigger memorization.
-# SS finds it among paraphrases of the prompt (PRSS-MATH.md, "Semantic Prompt Search"):
+# SS finds it among paraphrases of the prompt (docs/math.md, "Semantic Prompt Search"):
 #
 # 1. With the same seeded x_T, compute the first-step magnitude of the prompt,
 #    m = ||eps(x_T, e_p) - eps(x_T, e_0)||_2 at the first sampling timestep (Wen et al.'s detector).

@@ -34,20 +34,17 @@
 # runs on a tiny randomly initialised pipeline, and every number and picture is noise.
 
 # %%
-from common import image_table, out_dir, quick, save_grid
+from common import image_table, out_dir, quick, save_grid, show
 
 import os
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
 from prss_mini import metrics
 from prss_mini import stable_diffusion as sd
 
-OUT = out_dir(__file__)
+OUT = out_dir("10_stable_diffusion")
 FIGURES = ["detection.png", "magnitude_trace.png", "cfg_ss_prss.png", "cfg_ss_prss_full.png"]
 REQUIRES = ["diffusers", "transformers"]  # optional packages: tests/test_tutorials.py skips this tutorial without them
 for package in REQUIRES:
@@ -127,8 +124,7 @@ ax.set(xticks=range(len(scores)), xticklabels=list(scores), ylabel="first-step m
        title=f"detection on {'SD' if REAL else 'a tiny random pipeline (noise)'}: ROC-AUC {auc:.2f}")
 ax.legend(fontsize=7)
 fig.tight_layout()
-fig.savefig(f"{OUT}/detection.png", dpi=110)
-plt.close(fig)
+show(fig, f"{OUT}/detection.png")
 print(f"saved {OUT}/detection.png")
 
 # %% [markdown]
@@ -177,8 +173,7 @@ ax.set(xlabel="DDIM step", ylabel="m_t",
        title="per-step magnitude" + ("" if REAL else " (tiny random pipeline: noise)"))
 ax.legend(fontsize=7)
 fig.tight_layout()
-fig.savefig(f"{OUT}/magnitude_trace.png", dpi=110)
-plt.close(fig)
+show(fig, f"{OUT}/magnitude_trace.png")
 print(f"saved {OUT}/magnitude_trace.png")
 
 # %% [markdown]

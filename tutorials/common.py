@@ -75,6 +75,27 @@ def show(fig, path, dpi=110):
     return path
 
 
+def save_grid(images, path, nrow=None, scale=4):
+    """Save uint8 images (N, H, W, 3) as one enlarged PNG grid, `nrow` images per row; returns the path."""
+    import numpy as np
+    from PIL import Image
+
+    images = np.asarray(images)
+    nrow = nrow or len(images)
+    rows = []
+    for r in range(0, len(images), nrow):
+        row = list(images[r:r + nrow]) + [np.full_like(images[0], 255)] * (nrow - len(images[r:r + nrow]))
+        rows.append(np.concatenate(row, axis=1))
+    grid = np.concatenate(rows, axis=0)
+    picture = Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
+    picture.save(path)
+    if "ipykernel" in sys.modules:  # running in a Jupyter kernel
+        from IPython.display import display
+        display(picture)
+    print(f"saved {path}")
+    return path
+
+
 def show_rows(rows, labels, path, title):
     """One labelled row of uint8 (H, W, 3) images per entry of `rows`, saved as a PNG; returns the path."""
     import matplotlib.pyplot as plt
