@@ -28,15 +28,29 @@ def test_there_are_ten_tutorials():
     assert len(TUTORIALS) == 10, TUTORIALS
 
 
+# A notebook kernel started in tutorials/ (what Jupytext, VS Code and nbclient do): the cells run one by one in
+# one namespace, without __file__, with the notebook's folder as the working directory and on sys.path.
+AS_NOTEBOOK = """
+import os, re, sys
+path = sys.argv[1]
+os.chdir(os.path.dirname(path))
+sys.path.insert(0, "")
+namespace = {"__name__": "__main__"}
+for cell in re.split(r"(?m)^# %%.*$", open(path).read()):
+    exec(compile(cell, path, "exec"), namespace)
+"""
+
+
+@pytest.mark.parametrize("way", ["script", "notebook"])
 @pytest.mark.parametrize("path", TUTORIALS, ids=[os.path.basename(p) for p in TUTORIALS])
-def test_tutorial_runs_and_writes_its_figures(path, request, tmp_path):
+def test_tutorial_runs_and_writes_its_figures(path, way, request, tmp_path):
     for package in module_list(path, "REQUIRES", default=[]):  # optional packages (tutorial 10: diffusers)
         pytest.importorskip(package, reason=f"{os.path.basename(path)} needs {package}")
     env = dict(os.environ, PRSS_QUICK="1", PRSS_TUTORIAL_OUT=str(tmp_path), MPLBACKEND="Agg")
     if "get_run(" in open(path).read():  # a tutorial on a trained toy run: the tiny one, trained once per session
         env["PRSS_RUN"] = str(request.getfixturevalue("tiny_run"))
-    done = subprocess.run([sys.executable, path], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=600)
+    command = [sys.executable, path] if way == "script" else [sys.executable, "-c", AS_NOTEBOOK, path]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = tmp_path / os.path.splitext(os.path.basename(path))[0]
     missing = [f for f in module_list(path, "FIGURES") if not (out / f).exists()]

@@ -37,8 +37,11 @@ K = 2 if quick() else 4  # images per row
 #
 #     x_t = sqrt(abar_t) * x0 + sqrt(1 - abar_t) * eps,      eps ~ N(0, I)
 #
-# The UNet is trained to predict eps from (x_t, t, caption). Solving the same equation for x0 gives its
-# current guess of the clean image, `predict_x0` (diffusers: pred_original_sample):
+# The UNet learns to undo this from (x_t, t, caption). By default it predicts v = sqrt(abar_t) eps -
+# sqrt(1 - abar_t) x0 (v-prediction, as Stable Diffusion 2; config `prediction_type`), and the pipeline turns
+# that back into a noise prediction eps_hat (`diffusion.EpsilonModel`), so everything downstream works on eps.
+# Solving the noising equation for x0 gives the model's current guess of the clean image, `predict_x0`
+# (diffusers: pred_original_sample):
 #
 #     x0_hat = (x_t - sqrt(1 - abar_t) * eps_hat) / sqrt(abar_t)
 
@@ -93,10 +96,15 @@ print(f"saved {os.path.join(OUT, 'schedules.png')}: the dotted line is t = {t_fi
 #
 #     x_{t-1} = (x_t - beta_t / sqrt(1 - abar_t) * eps_hat) / sqrt(alpha_t) + sigma_t * z
 #
-# DDIM (eq. 12) jumps between a few timesteps (50 of 1000: 980, 960, ..., 0) through the predicted x0:
+# DDIM (eq. 12) jumps between a few timesteps (50 of 1000: 980, 960, ..., 0) through the predicted x0. A
+# pixel-space model clips that guess to the data range [-1, 1] and uses the noise that matches the clipped guess
+# (diffusers: clip_sample, use_clipped_model_output), as `sample` does:
 #
-#     x_prev = sqrt(abar_prev) * x0_hat + sqrt(1 - abar_prev - sigma_t^2) * eps_hat + sigma_t * z
+#     x0_hat   = clip((x_t - sqrt(1 - abar_t) * eps_hat) / sqrt(abar_t), -1, 1)
+#     eps'     = (x_t - sqrt(abar_t) * x0_hat) / sqrt(1 - abar_t)
+#     x_prev   = sqrt(abar_prev) * x0_hat + sqrt(1 - abar_prev - sigma_t^2) * eps' + sigma_t * z
 #
+# (DDPM's step above clips the same way.)
 # with sigma_t = eta * (DDPM's sigma for that jump). eta = 0 is deterministic: the same x_T always gives the
 # same image, which is what lets PRSS and the baselines be compared image by image. `diffusion.sample` runs
 # either one and asks a *guidance hook* `guidance(x_t, t, i) -> eps_hat` for the noise at every step; CFG,

@@ -6,10 +6,12 @@
 # image back? We measure it the way the PRSS paper does, in miniature (`prss_mini/metrics.py`).
 #
 # Training is DDPM's Algorithm 1 with CFG's caption dropout: pick a training item (x0, caption), a step
-# t ~ U{0..999} and noise eps; replace the caption by the empty prompt e_0 with probability 0.1; minimise
+# t ~ U{0..999} and noise eps; replace the caption by the empty prompt e_0 with probability 0.1; with
+# x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, minimise the v-prediction loss (the default)
 #
-#     || eps - eps_theta(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t, caption) ||^2
+#     || v - v_theta(x_t, t, caption) ||^2,      v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0
 #
+# or, with `--prediction_type epsilon`, DDPM's || eps - eps_theta(x_t, t, caption) ||^2
 # (`diffusion.diffusion_loss`). The global images are a handful of the distinct images but a large share of the
 # training items, so the model sees each of them, always with the same caption, very many times (printed below).
 
@@ -75,7 +77,7 @@ print(f"saved {os.path.join(OUT, 'loss.png')}: {len(losses)} steps, loss {losses
 # ## Measuring copies
 #
 # For every generated image we find its nearest training image, with the duplicates removed first
-# (`metrics.unique_training_images`: with 100 copies of one image left in, the nearest and second-nearest
+# (`metrics.unique_training_images`: with the duplicates of one image left in, the nearest and second-nearest
 # would be the same picture):
 #
 # * **similarity**, an SSCD-like score (Pizzi et al. 2022): blurred pixels compared up to a one-pixel shift,
@@ -85,7 +87,8 @@ print(f"saved {os.path.join(OUT, 'loss.png')}: {len(losses)} steps, loss {losses
 # * **stamp**: `stamp_present`, the local-memorization stamp at its place.
 #
 # Groups: every global caption; 8 each (2 in quick mode) of local, general and held-out prompts
-# (`evaluate.prompt_sets`: the prompts `python -m prss_mini.evaluate` uses); one paraphrase of every global caption.
+# (`evaluate.prompt_sets`, the function the evaluation draws its prompts with; it takes 5 per group
+# there, so these are other draws); one paraphrase of every global caption.
 
 # %%
 train_images, train_ids, _ = metrics.unique_training_images(data)

@@ -8,7 +8,8 @@
 #     m_t = || eps(x_t, e_p) - eps(x_t, e_0) ||_2          (per sample, over the whole image tensor)
 #
 # This is exactly the term CFG scales by s. Measured at the first sampling step from the seeded x_T it costs
-# one extra UNet call and no image: PRSS uses it to decide whether to act at all. The code is
+# one batched UNet call (prompt and empty prompt) and no image: PRSS uses it to decide whether to act at all, and
+# reuses those predictions as its first sampling step. The code is
 # `prss_mini/guidance/detect.py`; the thresholds PRSS uses come from `prss_mini/guidance/calibrate.py`.
 #
 # **Why it works.** From `predict_x0`, eps = (x_t - sqrt(abar_t) x0_hat) / sqrt(1 - abar_t). Subtract the
@@ -105,7 +106,8 @@ fig.tight_layout()
 show(fig, os.path.join(OUT, "traces.png"), dpi=110)
 print(f"saved {os.path.join(OUT, 'traces.png')}")
 print("look at traces.png: do the red (global) and orange (local) curves stand above the blue and green ones, "
-      "and at which steps? That is where PR would act.")
+      "and at which steps? These are the prompts' own curves under CFG; PR switches on the SEARCHED prompt's m_t\n"
+      "along PRSS's own trajectory (tutorial 07), so read them as where a memorized prompt pulls hardest.")
 
 # %% [markdown]
 # ## First-step magnitudes and the SS threshold

@@ -11,7 +11,7 @@
 #
 # | method | what it changes | knob |
 # |---|---|---|
-# | lower guidance (`lowcfg`) | a smaller s: a weaker push from e_0 towards e_p | `guidance_scale` |
+# | lower guidance (`lowcfg`) | another s; a smaller one pushes less from e_0 towards e_p | `guidance_scale` |
 # | GNI (Somepalli et al.) | e_p -> e_p + lambda * N(0, I), then CFG | `noise_scale` (lambda) |
 # | RTA (Somepalli et al.) | k random vocabulary words inserted into the prompt, then CFG | `num_tokens` (k) |
 # | PE (Wen et al.) | AdamW on the embedding e at the first step until m(e) <= target, then CFG with e | `target` |

@@ -11,9 +11,9 @@
 #    eps_hat = eps_p + s_pr * (eps_ss - eps_p) + (s - s_pr) * (eps_ss - eps_u) if m_t > lambda_PR, else
 #    eps_u + s * (eps_ss - eps_u).
 #
-# Cost follows from that: an untriggered sample needs CFG's two UNet evaluations per step (step 0's eps_u and
-# eps_p are reused), a triggered one three (eps_u, eps_ss, eps_p), plus at step 0 the detection and the
-# candidates scored by the search.
+# Cost follows from that: an untriggered sample needs CFG's two UNet evaluations per step (the detection's eps_u
+# and eps_p are step 0's, reused), a triggered one three (eps_u, eps_ss, eps_p), plus at step 0 the candidates
+# scored by the search.
 # Then we measure PRSS against everything else, and set the ablation beside the paper's numbers.
 
 # %%
@@ -60,7 +60,8 @@ for j, (group, prompt) in enumerate(picks):
     print(f"[{group}] {prompt!r}\n  triggered per sample {info['triggered']}; "
           f"max pixel difference to CFG per sample {diff.tolist()}")
     for b in np.flatnonzero(info["triggered"]):
-        print(f"  sample {b}: e_ss = {info['prompt'][b]!r}, PR ran on {len(info['trace'])} steps")
+        on = sum(float(m[b]) > pipe.thresholds["lambda_pr"] for m in info["trace"])  # m_t of e_ss above lambda_PR
+        print(f"  sample {b}: e_ss = {info['prompt'][b]!r}, re-anchored on {on} of {len(info['trace'])} steps")
 
 image_table({label: np.concatenate(parts) for label, parts in rows.items()},
             [f"{group} #{k}" for group, _ in picks for k in range(K)], f"{OUT}/prss_vs_cfg.png")
@@ -107,7 +108,8 @@ with open(os.path.join(OUT, "ablation.md"), "w") as f:
     f.write(tables + "\n")
 print(tables)
 print(f"saved {OUT}/tradeoff.png and {OUT}/grid.png\nLook at: in tradeoff.png up and to the left is better; "
-      "PRSS (red star) should lie above every other curve at the same privacy.")
+      "the paper claims PRSS (red stars, its frontier) lies above every other curve at the same privacy:\n"
+      "check whether it does here (ablation.md's last table, and the README's results, say where it does not).")
 
 # %% [markdown]
 # ## The ablation beside the paper
