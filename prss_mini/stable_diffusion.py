@@ -81,10 +81,7 @@ def check_inputs(unet, latents, prompt_embeds, negative_prompt_embeds, method, g
     if lambda_ss < 0:
         raise ValueError(f"lambda_ss must be >= 0, got {lambda_ss}")
     if method == "prss":
-        check_thresholds(lambda_pr, tau)
-        if guidance_scale < 1:
-            raise ValueError(f"method='prss' needs guidance_scale >= 1 (its re-anchoring strength ramps from 1 to "
-                             f"the guidance scale), got {guidance_scale}")
+        check_thresholds(lambda_pr, tau, guidance_scale)
 
 
 def cfg_predictions(unet, x_in, t, negative_prompt_embeds, prompt_embeds):

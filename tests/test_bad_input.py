@@ -78,6 +78,8 @@ def test_sample_names_a_missing_run_folder(tmp_path, capsys):
     (["--out", "x.jpg"], "must end in .png or .npz"),
     (["--method", "nope"], "invalid choice: 'nope'"),
     (["--method", "prss", "--noise-scale", "0.5"], "--noise-scale belong(s) to other methods"),
+    pytest.param(["--device", "cuda"], "cannot use --device cuda on this machine",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")),
 ])
 def test_sample_refuses_bad_options_before_loading_anything(tmp_path, capsys, argv, message):
     base = ["--run", str(tmp_path), "--prompt", PROMPT, "--out", str(tmp_path / "x.png")]
