@@ -40,3 +40,19 @@ def five_step_pipe(random_pipe, monkeypatch):
     PRSS reuses its detection predictions there (what the UNet-call counts assume)."""
     monkeypatch.setattr(random_pipe.config, "num_inference_steps", 5)
     return random_pipe
+
+
+@pytest.fixture(scope="session")
+def record_steps():
+    """record_steps(pipe, hook, x_T, num_inference_steps) -> (x_0, steps): sample with `hook` and keep what it
+    saw and answered at every step, steps = [(x_t, t, eps_hat), ...], to check a hook against its rule."""
+    def run(pipe, hook, x_T, num_inference_steps):
+        steps = []
+
+        def spy(x_t, t, i):
+            eps = hook(x_t, t, i)
+            steps.append((x_t.clone(), t, eps.clone()))
+            return eps
+
+        return pipe.run_hook(spy, x_T, num_inference_steps), steps
+    return run

@@ -1,4 +1,6 @@
 """The executable spec of prss_mini/diffusion.py: one rule per test, named as the rule."""
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -53,9 +55,14 @@ def test_scaled_linear_schedule_endpoints_match_stable_diffusion():
     assert s.betas[0].item() == pytest.approx(0.00085) and s.betas[-1].item() == pytest.approx(0.012)
 
 
-def test_cosine_schedule_clips_betas_at_0_999():
-    s = NoiseSchedule(1000, "cosine")
-    assert s.betas.max().item() <= 0.999 + 1e-7
+def test_cosine_schedule_is_f_t_over_f_0_and_clips_its_last_beta_at_0_999():
+    """Nichol & Dhariwal eq. 17: abar = f(t)/f(0), f(u) = cos^2((u + 0.008)/1.008 pi/2), u = (index + 1)/T (index 0
+    is the first noising step). Near u = 1, 1 - f(u)/f(u - 1/T) goes to 1: the last beta is clipped at 0.999."""
+    T, s = 1000, NoiseSchedule(1000, "cosine")
+    f = lambda u: math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2
+    assert s.betas[-1].item() == pytest.approx(0.999)
+    for t in (0, 100, 500, 900):  # no beta up to these is clipped, so their product is f's ratio
+        assert s.alphas_cumprod[t].item() == pytest.approx(f((t + 1) / T) / f(0), rel=1e-5)
 
 
 def test_unknown_schedule_or_too_few_timesteps_raises_naming_allowed_values():
@@ -95,6 +102,27 @@ def test_diffusion_loss_is_a_scalar_reproducible_from_the_generator_seed():
     assert a.dim() == 0 and torch.equal(a, b)
 
 
+def oracle(x0, s, target):
+    """A network that knows x0: from x_t it recovers the true eps (DDPM eq. 4 solved for eps), or v from it."""
+    def model(x_t, t, context):
+        abar = s.alphas_cumprod[t].view(-1, 1, 1, 1)
+        eps = (x_t - abar.sqrt() * x0) / (1 - abar).sqrt()
+        return eps if target == "epsilon" else abar.sqrt() * eps - (1 - abar).sqrt() * x0
+    return model
+
+
+@pytest.mark.parametrize("predicts, prediction_type, zero", [
+    ("epsilon", "epsilon", True), ("v_prediction", "v_prediction", True),
+    ("epsilon", "v_prediction", False), ("v_prediction", "epsilon", False)])
+def test_diffusion_loss_is_zero_for_an_oracle_of_its_target_and_positive_for_the_other(predicts, prediction_type,
+                                                                                        zero):
+    s, x0 = NoiseSchedule(1000, "scaled_linear"), torch.rand(8, 3, 4, 4, generator=gen(1)) * 2 - 1
+    ctx, null = torch.randn(8, 5, 8, generator=gen(2)), torch.zeros(1, 5, 8)
+    loss = diffusion_loss(oracle(x0, s, predicts), x0, ctx, null, s, generator=gen(3),
+                          prediction_type=prediction_type).item()
+    assert loss < 1e-8 if zero else loss > 0.1
+
+
 @pytest.mark.parametrize("p, expect_null", [(1.0, True), (0.0, False)])
 def test_diffusion_loss_caption_dropout_replaces_context_by_null_context(p, expect_null):
     s, model = NoiseSchedule(100), ToyModel()
@@ -105,9 +133,18 @@ def test_diffusion_loss_caption_dropout_replaces_context_by_null_context(p, expe
 
 # ---- single steps -------------------------------------------------------------------------
 
-def test_ddim_step_with_eta_zero_is_deterministic():
+def test_ddim_step_with_eta_zero_is_sqrt_abar_prev_x0_hat_plus_sqrt_one_minus_abar_prev_eps():
     x, eps = torch.randn(SHAPE, generator=gen(1)), torch.randn(SHAPE, generator=gen(2))
-    assert torch.equal(ddim_step(x, eps, 0.5, 0.7), ddim_step(x, eps, 0.5, 0.7))
+    a_t, a_prev = 0.5, 0.7
+    x0_hat = (x - (1 - a_t) ** 0.5 * eps) / a_t ** 0.5
+    assert torch.allclose(ddim_step(x, eps, a_t, a_prev), a_prev ** 0.5 * x0_hat + (1 - a_prev) ** 0.5 * eps,
+                          atol=1e-6)
+
+
+def test_ddim_step_to_alpha_bar_one_with_the_true_eps_recovers_x0():
+    s, x0, eps = NoiseSchedule(1000), torch.randn(SHAPE, generator=gen(1)), torch.randn(SHAPE, generator=gen(2))
+    x_t = add_noise(x0, eps, torch.tensor([700, 700]), s)
+    assert torch.allclose(ddim_step(x_t, eps, s.alphas_cumprod[700], 1.0), x0, atol=1e-5)
 
 
 def test_ddim_step_to_alpha_bar_one_returns_predicted_x0():
@@ -142,6 +179,15 @@ def test_timesteps_for_50_of_1000_runs_from_980_down_to_0():
     assert len(ts) == 50 and ts[0] == 980 and ts[1] == 960 and ts[-1] == 0
 
 
+def test_timesteps_for_a_count_that_does_not_divide_1000_steps_by_its_floor_from_0():
+    """step = 1000 // n, timesteps (n - 1) step, ..., step, 0: the top of the range is never visited (3 steps start
+    at 666, 7 at 852, 30 at 957), as diffusers' "leading" spacing does."""
+    s = NoiseSchedule(1000)
+    assert timesteps_for(3, s) == [666, 333, 0]
+    assert timesteps_for(7, s) == [852, 710, 568, 426, 284, 142, 0]
+    assert timesteps_for(30, s) == list(range(957, -1, -33))
+
+
 @pytest.mark.parametrize("n", [0, 1001])
 def test_timesteps_for_out_of_range_raises(n):
     with pytest.raises(ValueError, match="num_inference_steps"):
@@ -154,6 +200,23 @@ def test_sample_ddim_same_seed_gives_same_output_and_different_seed_differs():
     b = sample(toy_hook, SHAPE, s, num_inference_steps=10, generator=gen(0))
     c = sample(toy_hook, SHAPE, s, num_inference_steps=10, generator=gen(1))
     assert a.shape == SHAPE and torch.equal(a, b) and not torch.allclose(a, c)
+
+
+def test_ddim_sampling_with_the_true_eps_of_a_fixed_x0_stays_on_its_noising_path_and_ends_at_x0():
+    """x_T = add_noise(x0, eps, t_first); a hook that always answers eps: every x_t is add_noise(x0, eps, t)."""
+    s, x0 = NoiseSchedule(1000, "scaled_linear"), torch.rand(SHAPE, generator=gen(1)) * 1.8 - 0.9
+    eps, seen = torch.randn(SHAPE, generator=gen(2)), []
+
+    def true_eps(x_t, t, i):
+        seen.append((x_t.clone(), t))
+        return eps
+
+    ts = timesteps_for(10, s)
+    out = sample(true_eps, SHAPE, s, num_inference_steps=10, x_T=add_noise(x0, eps, torch.tensor([ts[0]] * 2), s))
+    assert [t for _, t in seen] == ts
+    for x_t, t in seen:
+        assert torch.allclose(x_t, add_noise(x0, eps, torch.tensor([t, t]), s), atol=1e-5)
+    assert torch.allclose(out, x0, atol=1e-5)
 
 
 def test_sample_calls_hook_with_int_timesteps_and_step_index():

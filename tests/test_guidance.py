@@ -3,11 +3,12 @@
 import pytest
 import torch
 
-from prss_mini.diffusion import classifier_free_guidance
+from prss_mini.diffusion import classifier_free_guidance, predict_noise
 from prss_mini.evaluate import CountingUNet
 from prss_mini.guidance import build_hook
 from prss_mini.guidance.detect import first_step_magnitude, noise_magnitude
 from prss_mini.guidance.paraphrase import paraphrases
+from prss_mini.guidance.pe import optimize_embedding
 from prss_mini.guidance.pr import prompt_reanchor
 from prss_mini.guidance.ss import semantic_search
 
@@ -123,6 +124,12 @@ def test_ss_with_no_candidates_keeps_the_prompt():
     result = search_one("p", [], FakeMagnitudes({"p": 5.0}), lambda_ss=1.0)
     assert (result.prompt, result.triggered) == ("p", True)
     assert result.magnitudes == {"p": 5.0}
+
+
+def test_ss_at_exactly_lambda_ss_the_prompt_does_not_trigger_and_a_candidate_passes():
+    assert search_one("p", ["a"], FakeMagnitudes({"p": 1.0, "a": 0.1}), lambda_ss=1.0).triggered is False
+    fn = FakeMagnitudes({"p": 5.0, "a": 1.0, "b": 0.1})
+    assert search_one("p", ["a", "b"], fn, lambda_ss=1.0).prompt == "a" and fn.asked == ["p", "a"]
 
 
 def test_ss_rejects_a_negative_threshold():
@@ -252,12 +259,26 @@ def test_prss_adds_one_evaluation_per_step_per_triggered_sample_plus_the_search(
     assert evals == _unet_evals(random_pipe, "cfg") + B * steps + B * n_s  # lambda_ss 0: every candidate scored
 
 
-@pytest.mark.parametrize("method", ["pr", "ss"])
-def test_ablations_run(random_pipe, method):
-    thresholds = dict(lambda_ss=0.0) if method == "ss" else dict(lambda_ss=0.0, lambda_pr=0.0, tau=1.0)
-    images = random_pipe.generate("a red circle in the top left", method=method, num_images=2,
-                                  num_inference_steps=3, **thresholds)
-    assert images.shape == (2, 16, 16, 3)
+@pytest.mark.parametrize("method", ["prss", "pr"])
+def test_a_triggered_hook_is_prompt_reanchor_of_its_three_predictions_at_every_step(random_pipe, record_steps,
+                                                                                     method):
+    """eps_hat = prompt_reanchor(eps_u, eps_p, eps_target) at each step's x_t; the target is the searched prompt
+    info["prompt"] for PRSS and PE's optimized embedding (at lambda_ss) for PR only."""
+    pipe, prompt, s, lambda_pr, tau = random_pipe, "a red circle in the top left", 2.0, 0.15, 0.5
+    x_T, e_p = pipe.initial_noise(2, seed=3), pipe.encode([prompt])
+    hook, info = build_hook(method, pipe, prompt, x_T, s, lambda_ss=0.0, lambda_pr=lambda_pr, tau=tau)
+    if method == "prss":
+        assert any(chosen != prompt for chosen in info["prompt"])   # a paraphrase, not the prompt, is a target
+        e_target = pipe.encode(info["prompt"])
+    else:
+        e_target, _ = optimize_embedding(pipe.unet, e_p, pipe.empty, x_T, pipe.detection_timestep, 0.0)
+    _, steps = record_steps(pipe, hook, x_T, 5)
+    reanchored = []
+    for x_t, t, eps in steps:
+        eps_u, eps_p, eps_target = predict_noise(pipe.unet, x_t, t, [pipe.empty, e_p, e_target])
+        assert torch.allclose(eps, prompt_reanchor(eps_u, eps_p, eps_target, s, lambda_pr, tau), atol=1e-5)
+        reanchored.append(not torch.allclose(eps, classifier_free_guidance(eps_u, eps_target, s), atol=1e-4))
+    assert any(reanchored) and not all(reanchored)  # the thresholds put some steps on each side of lambda_pr
 
 
 def test_prss_needs_thresholds_when_the_pipe_has_none(random_pipe):
