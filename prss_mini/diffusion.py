@@ -156,7 +156,7 @@ def ddim_step(x_t, eps, alpha_bar_t, alpha_bar_prev, eta=0.0, noise=None, clip_s
         pred_original = pred_original.clamp(-1, 1)
         # ... and use the eps that matches the clipped x0 (diffusers: use_clipped_model_output=True). With the
         # raw eps, a guided x0 beyond [-1, 1] is clipped in one term but not in the other, and x_prev is pushed
-        # towards the opposite colour: CFG at s >= 2 then turned memorized copies into noise.
+        # towards the opposite colour: guided copies turn into noise.
         eps = (x_t - a_t.sqrt() * pred_original) / (1 - a_t).sqrt()
     # 2. sigma_t; zero when a_prev = 1, so the last step returns pred_original exactly
     std_dev_t = eta * ((1 - a_prev) / (1 - a_t)).sqrt() * (1 - a_t / a_prev).sqrt()

@@ -63,7 +63,7 @@ class AttributeClassifier(nn.Module):
 
 def _train_classifier(classifier, images, attributes, steps, generator, progress):
     # A constant learning rate on purpose: shape is learned late (after colour and position), and a decaying
-    # rate stopped it at 66% in our runs.
+    # rate stops it before it is (docs/results.md).
     optimizer = torch.optim.AdamW(classifier.parameters(), lr=2e-3, weight_decay=0.01)
     for _ in tqdm(range(steps), desc="judge: attribute classifier", disable=not progress):
         batch = torch.randint(len(images), (128,), generator=generator)
