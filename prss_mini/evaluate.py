@@ -28,7 +28,7 @@ from .guidance.detect import detection_score, magnitude_trace
 from .judges import Judges
 from .pipeline import ToyPipeline, check_device
 from .report import write_reports
-from .world import memorized_captions
+from .world import ATTRIBUTE_NAMES, memorized_captions
 
 GROUPS = ("global", "local", "general", "heldout")
 MEMORIZED, CONTROL = ("global", "local"), ("general", "heldout")
@@ -78,16 +78,18 @@ class CountingUNet:
         return self.unet(x, t, context)
 
 
-MEASURES = ("similarity", "copy", "ratio_copy", "stamp", "clip", "attr", "triggered", "identical")
+MEASURES = ("similarity", "copy", "ratio_copy", "stamp", "clip", "attr", "attr_shape", "attr_colour", "attr_position",
+            "triggered", "identical")
 
 
 def measure(judges, train_images, images, prompt, attributes, info, reference=None):
     """Privacy and utility of one prompt's images uint8 (K, H, W, 3): measure -> K values (see MEASURES)."""
     near = metrics.nearest_training(images, train_images)
+    correct = judges.attribute_correct(images, np.repeat(attributes[None], len(images), 0))          # (K, 3)
     values = {"similarity": near["similarity"], "copy": metrics.is_copy(near["similarity"]),
               "ratio_copy": metrics.ratio_copy(near["d1"], near["d2"]), "stamp": metrics.stamp_present(images),
-              "clip": judges.clip_score(images, [prompt] * len(images)),
-              "attr": judges.attribute_correct(images, np.repeat(attributes[None], len(images), 0)).mean(1),
+              "clip": judges.clip_score(images, [prompt] * len(images)), "attr": correct.mean(1),
+              **{f"attr_{name}": correct[:, a] for a, name in enumerate(ATTRIBUTE_NAMES)},
               "triggered": info.get("triggered", [False] * len(images))}
     if reference is not None:  # same seed, same x_T: is it plain CFG's image, bit for bit?
         values["identical"] = (images == reference).all(axis=(1, 2, 3))
@@ -146,6 +148,7 @@ def run_jobs(pipe, judges, train_images, sets, jobs, num_images, partial_path=No
             entries = [done[key(k, group, j)] for j in range(len(prompts))]
             n = len(prompts) * num_images
             rows[group] = {m: float(np.mean([v for e in entries for v in e[m]])) for m in MEASURES if m in entries[0]}
+            rows[group]["samples"] = n
             rows[group]["unet_evals_per_image"] = sum(e["evals"] for e in entries) / n
             rows[group]["seconds_per_image"] = sum(e["seconds"] for e in entries) / n
         results.append({"method": method, "knobs": knobs, "label": label(method, knobs), "groups": rows})

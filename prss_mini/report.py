@@ -5,8 +5,17 @@ import json
 import os
 
 from .guidance import METHODS
+from .metrics import wilson_interval
 
 ABLATION = ("cfg", "pe", "pr", "ss", "prss")  # the paper's ablation rows: none / PE / PR only / SS only / PR + SS
+
+
+def rate(row, key):
+    """A rate with its 95% Wilson interval when the row says on how many samples it was measured: '6% (2-14%)'."""
+    if "samples" not in row:
+        return f"{row[key]:.0%}"
+    low, high = wilson_interval(row[key], row["samples"])
+    return f"{row[key]:.0%} ({low:.0%}-{high:.0%})"
 
 
 def ablation_table(results):
@@ -17,8 +26,8 @@ def ablation_table(results):
         if r is None:
             continue
         g, l = r["groups"]["global"], r["groups"]["local"]
-        lines.append(f"| {METHODS[method].TITLE} | {g['similarity']:.3f} | {g['copy']:.0%} | {g['ratio_copy']:.0%} | "
-                     f"{g['clip']:.3f} | {g['attr']:.0%} | {l['stamp']:.0%} | {l['clip']:.3f} | {l['attr']:.0%} |")
+        lines.append(f"| {METHODS[method].TITLE} | {g['similarity']:.3f} | {rate(g, 'copy')} | {rate(g, 'ratio_copy')} | "
+                     f"{g['clip']:.3f} | {g['attr']:.0%} | {rate(l, 'stamp')} | {l['clip']:.3f} | {l['attr']:.0%} |")
     return "\n".join(lines)
 
 

@@ -4,7 +4,7 @@ import pytest
 
 from prss_mini.metrics import (
     copy_rate, is_copy, nearest_training, ratio_copy, roc_auc, roc_curve, stamp_present,
-    unique_training_images,
+    unique_training_images, wilson_interval,
 )
 from prss_mini.config import make_config, world_config
 from prss_mini.world import all_combinations, build_dataset, render, to_uint8
@@ -110,3 +110,10 @@ def test_bad_images_raise_value_error():
         ratio_copy([1.0, 2.0], [3.0])
     with pytest.raises(ValueError):
         roc_auc([], [1.0])
+
+
+def test_wilson_interval_matches_the_textbook_values():
+    low, high = wilson_interval(0.05, 20)              # 1 of 20
+    assert (round(low, 3), round(high, 3)) == (0.009, 0.236)
+    assert wilson_interval(0.0, 20)[0] == 0.0 and round(wilson_interval(0.0, 20)[1], 3) == 0.161  # 0 of 20
+    assert wilson_interval(1.0, 10) == pytest.approx((0.722, 1.0), abs=1e-3)
