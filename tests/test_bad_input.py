@@ -110,7 +110,7 @@ def sample_error(run, argv, capsys):
     (["--prompt", PROMPT, "--method", "prss", "--guidance-scale", "0.5"], "re-anchoring needs guidance_scale >= 1"),
     (["--prompt", PROMPT, "--method", "prss", "--tau", "0.1", "--lambda-pr", "1"], "tau (0.1) must be larger"),
     (["--prompt", PROMPT, "--method", "prss", "--lambda-ss", "-1"], "lambda_ss must be >= 0"),
-    (["--prompt", PROMPT, "--method", "prss", "--lambda-pr", "-1", "--tau", "1"], "thresholds must be >= 0"),
+    (["--prompt", PROMPT, "--method", "prss", "--lambda-pr", "-1", "--tau", "1"], "lambda_pr must be >= 0, got -1.0"),
     (["--prompt", PROMPT, "--sampler", "ddpm", "--steps", "50"], "ddpm needs num_inference_steps"),
     (["--prompt", "a red banana", "--method", "prss"], "unknown word"),
     (["--prompt", "", "--method", "prss"], "cannot paraphrase ''"),

@@ -30,7 +30,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from prss_mini import world
-from prss_mini.config import PRESETS
+from prss_mini.config import make_config, world_config
 from prss_mini.guidance.paraphrase import paraphrases, same_meaning
 
 OUT = out_dir("01_toy_world")
@@ -40,15 +40,12 @@ FIGURES = ["groups.png", "same_caption_different_images.png", "stamp.png"]
 # %% [markdown]
 # ## Build the world
 #
-# `WorldConfig()`'s defaults are the `cpu` preset's world: `train_toy.py --preset cpu` writes exactly these
-# arrays to `runs/cpu/dataset.npz` (same numbers, same seed). In quick mode we build the `tiny` preset's smaller
-# world. Everything is drawn from one `numpy.random.default_rng(seed)`: the same seed gives the same world.
+# `world_config(make_config("cpu"))` is the `cpu` preset's world (every knob's default lives in
+# `prss_mini/config.py`): `train_toy.py --preset cpu` writes exactly these arrays to `runs/cpu/dataset.npz` (same
+# numbers, same seed). In quick mode we build the `tiny` preset's smaller world. Everything is drawn from one `numpy.random.default_rng(seed)`: the same seed gives the same world.
 
 # %%
-tiny = PRESETS["tiny"]
-cfg = (world.WorldConfig(**{k: tiny[k] for k in ("num_general", "num_global", "global_duplicates", "title_variants",
-                                                  "num_local")})
-       if quick() else world.WorldConfig())
+cfg = world_config(make_config("tiny" if quick() else "cpu"))
 data = world.build_dataset(cfg)
 for key, value in data.items():
     print(f"{key:20s} {str(value.dtype):6s} {value.shape}")
@@ -177,7 +174,7 @@ print(f"'{world.CREDITS[0]}' ends {sum(c.endswith(world.CREDITS[0]) for c in dat
 #
 # ## Exercises
 #
-# 1. Build `world.WorldConfig(global_duplicates=10)` and print the share of training items the global images
+# 1. Build `world_config(make_config("cpu", global_duplicates=10))` and print the share of training items the global images
 #    take. It drops a lot: tutorial 04's exercise trains such a model and asks whether it still copies.
 # 2. Take a general caption from `data["captions"]` and count how often that exact string occurs in training
 #    (`(data["captions"] == c).sum()`). Compare with a global caption. Which strings does the model see often

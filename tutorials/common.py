@@ -60,14 +60,14 @@ def out_dir(name):
     return path
 
 
-def show(fig, path, dpi=110):
+def show(fig, path, dpi=110, **savefig_options):
     """Save a matplotlib figure to `path`; in a notebook also show it inline; then close it.
 
     Scripts make many figures, so each is closed once saved. The backend is whatever matplotlib picks (MPLBACKEND
     in the tests: Agg; a notebook: inline)."""
     import matplotlib.pyplot as plt
 
-    fig.savefig(path, dpi=dpi)
+    fig.savefig(path, dpi=dpi, **savefig_options)
     if "ipykernel" in sys.modules:  # running in a Jupyter kernel
         from IPython.display import display
         display(fig)

@@ -51,7 +51,7 @@ def threshold(pipe, name, value, factor=1.0):
                              f"a run folder (see prss_mini.guidance.calibrate)")
         value = pipe.thresholds[name]
     if value * factor < 0:
-        raise ValueError(f"{name} must be >= 0, got {value} x {factor}")
+        raise ValueError(f"{name} must be >= 0, got {value}" + (f" x {factor}" if factor != 1 else ""))
     return value * factor
 
 
@@ -134,9 +134,10 @@ def guided_hook(pipe, prompt, x_T, guidance_scale, lambda_ss, candidates, per_pr
 def reanchor_thresholds(pipe, lambda_pr, tau, tau_factor):
     """(lambda_pr, tau) with tau moved to lambda_pr + tau_factor (tau - lambda_pr)."""
     lambda_pr, tau = threshold(pipe, "lambda_pr", lambda_pr), threshold(pipe, "tau", tau)
+    check_thresholds(lambda_pr, tau)  # on the values as given, so the message shows them
     if tau_factor <= 0:
         raise ValueError(f"tau_factor must be > 0, got {tau_factor}")
-    return lambda_pr, lambda_pr + tau_factor * (tau - lambda_pr)
+    return lambda_pr, (tau if tau_factor == 1 else lambda_pr + tau_factor * (tau - lambda_pr))
 
 
 def build(pipe, prompt, x_T, guidance_scale, seed, lambda_ss, lambda_pr, tau, lambda_ss_factor, tau_factor, n_s,
