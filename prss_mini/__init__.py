@@ -2,13 +2,20 @@
 
 Read the package like the table of contents of a lecture:
 
-    world.py         the toy world: images, captions, memorization on purpose
+    world.py         the toy world: captions, images, memorization on purpose
     text_encoder.py  word tokenizer and a tiny CLIP-style text encoder
     unet.py          the noise-prediction network with cross-attention
-    diffusion.py     schedules, add_noise, DDPM / DDIM steps, the sampling loop
-    guidance/        CFG, memorization detection, PR, SS, PRSS and the baselines
-    metrics.py       copy detection, text alignment, ROC-AUC
-    experiment       train_toy.py, sample.py, evaluate.py
+    diffusion.py     schedules, add_noise, DDPM / DDIM steps, the sampling loop, CFG
+    guidance/        memorization detection, SS, PR, PRSS and the baselines, one file each (registry: METHODS)
+    metrics.py       copy detection, the stamp, ROC-AUC, Wilson intervals
+    judges.py        the utility judges, trained apart from the model under test
+
+    the experiment:
+    config.py        every knob of a run and its presets          checkpoint.py  files that survive Ctrl-C
+    pipeline.py      a trained run folder, loaded: prompts in, images out
+    sample.py        the sampling command                         evaluate.py    the evaluation protocol
+    analysis.py      frontier, dominance, cost                    report.py      tables; figures.py  figures
+    (train_toy.py, at the top of the repo, trains a run)
 
     stable_diffusion.py  past the toy: the same PRSS on a diffusers Stable Diffusion pipeline (optional,
                          needs diffusers; nothing above imports it)
