@@ -95,3 +95,52 @@ def roc_plot(scores, path):
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def physics_plot(traces, thresholds, sd_ranges, path):
+    """Left: the toy's mean m_t per step under CFG for every group (10-90% band for clean and memorized) with
+    lambda_PR and tau; right: Stable Diffusion v1.4's ranges at a few steps (sd_ranges: "clean" / "memorized" ->
+    [(step, low, high)]) with the official thresholds 1, 3, 5. Same shape of curves is the goal, not the values."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for group, trace in traces.items():
+        steps = np.arange(trace.shape[1])
+        axes[0].plot(steps, trace.mean(0), color=GROUP_COLOURS[group], lw=2, label=group)
+        if group in ("general", "global"):
+            axes[0].fill_between(steps, np.percentile(trace, 10, 0), np.percentile(trace, 90, 0),
+                                 color=GROUP_COLOURS[group], alpha=0.15)
+    for name, ls in (("lambda_pr", "--"), ("tau", ":")):
+        axes[0].axhline(thresholds[name], color="k", ls=ls, lw=0.8, label=f"{name} {thresholds[name]:.2f}")
+    axes[0].set(title="the toy (plain CFG): mean m_t, 10-90% of samples shaded", xlabel="sampling step (0 = noisiest)",
+                ylabel="m_t = ||eps(x_t, e_p) - eps(x_t, e_0)||")
+    axes[0].legend(fontsize=7)
+    for kind, colour in (("clean", GROUP_COLOURS["general"]), ("memorized", GROUP_COLOURS["global"])):
+        steps, low, high = np.array(sd_ranges[kind]).T
+        axes[1].errorbar(steps, (low + high) / 2, yerr=(high - low) / 2, fmt="o", color=colour, capsize=3,
+                         label=f"{kind} (ranges at a few steps only)")
+    for value, name, ls in ((1, "lambda_SS = 1", "-."), (3, "lambda_PR = 3", "--"), (5, "tau = 5", ":")):
+        axes[1].axhline(value, color="k", ls=ls, lw=0.8, label=name)
+    axes[1].set(title="Stable Diffusion v1.4 (read by eye from Wen et al.'s plots)", xlabel="sampling step",
+                ylabel="m_t (log scale)", yscale="log")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def sample_rows(images, num_images, path, per_group=10, scale=4):
+    """One row per group: the first image (first x_T) of up to `per_group` prompts; images: group -> (P * K, ...)."""
+    from PIL import Image
+    rows = {g: im[::num_images][:per_group] for g, im in images.items()}
+    width = max(len(r) for r in rows.values())
+    blank = np.full_like(next(iter(rows.values()))[0], 255)
+    grid = np.concatenate([np.concatenate(list(r) + [blank] * (width - len(r)), axis=1) for r in rows.values()])
+    img = Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
+    fig, ax = plt.subplots(figsize=(0.7 * width + 1.2, 0.75 * len(rows) + 0.6))
+    ax.imshow(img)
+    size = grid.shape[0] // len(rows) * scale
+    ax.set_yticks([size * (i + 0.5) for i in range(len(rows))], list(rows))
+    ax.set_xticks([])
+    ax.set_title("plain CFG, first x_T of each prompt")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

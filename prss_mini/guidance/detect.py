@@ -8,6 +8,7 @@ A memorized prompt pulls the prediction far from the unconditional one, already 
 import torch
 
 from ..diffusion import classifier_free_guidance, predict_noise
+from ..world import tensor_to_images
 
 
 def noise_magnitude(eps_cond, eps_uncond):
@@ -28,10 +29,11 @@ def first_step_magnitude(pipe, contexts, x_T):
 
 
 @torch.no_grad()
-def magnitude_trace(pipe, prompt_contexts, x_T, num_steps=None):
+def magnitude_trace(pipe, prompt_contexts, x_T, num_steps=None, return_images=False):
     """m_t at every step of plain-CFG DDIM sampling: (B, steps), noisiest step first, one curve per sample.
 
-    prompt_contexts: (B, L, D) or (1, L, D) prompt embeddings; x_T: (B, C, H, W)."""
+    prompt_contexts: (B, L, D) or (1, L, D) prompt embeddings; x_T: (B, C, H, W). With return_images, also the
+    images the sampling ended at (uint8 (B, H, W, 3)), so a check of the physics sees its own samples."""
     trace = []
 
     def hook(x_t, t, i):
@@ -39,8 +41,9 @@ def magnitude_trace(pipe, prompt_contexts, x_T, num_steps=None):
         trace.append(noise_magnitude(eps_c, eps_u))
         return classifier_free_guidance(eps_u, eps_c, pipe.config.guidance_scale)
 
-    pipe.run_hook(hook, x_T, num_steps)
-    return torch.stack(trace, dim=1)
+    x_0 = pipe.run_hook(hook, x_T, num_steps)
+    trace = torch.stack(trace, dim=1)                                                      # (B, steps)
+    return (trace, tensor_to_images(x_0)) if return_images else trace
 
 
 def detection_score(pipe, prompts, seeds=(0,), num_images=1):
