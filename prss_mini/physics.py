@@ -39,13 +39,18 @@ SD_MEMORIZED = [(0, 4.5, 5.5), (3, 2.0, 3.0), (49, 13.0, 19.0)]
 
 
 def ratios(clean, memorized):
-    """r1, r2, r3 (see the top) from per-sample traces: clean (N, steps) and memorized (M, steps) arrays."""
-    clean, memorized = np.asarray(clean), np.asarray(memorized)
-    if clean.ndim != 2 or memorized.ndim != 2 or clean.shape[1] != memorized.shape[1] or clean.shape[1] < 41:
-        raise ValueError(f"need (samples, steps) traces of one step count >= 41, got {clean.shape}, "
+    """r1, r2, r3 (see the top) from per-sample traces: clean (N, steps) and memorized (M, steps) arrays.
+
+    For other step counts than 50 the windows scale: r2 compares the last 10% of the steps with the steps from 20%
+    to 80% of the way (for 50 steps: the last 5 and steps 10-39)."""
+    clean, memorized = np.asarray(clean, dtype=np.float64), np.asarray(memorized, dtype=np.float64)
+    if clean.ndim != 2 or memorized.ndim != 2 or clean.shape[1] != memorized.shape[1] or clean.shape[1] < 5:
+        raise ValueError(f"need (samples, steps) traces of one step count >= 5, got {clean.shape}, "
                          f"{memorized.shape}")
+    n = clean.shape[1]
+    last, middle = clean[:, n - max(1, round(0.1 * n)):], clean[:, round(0.2 * n):round(0.8 * n)]
     return {"r1": float(memorized[:, 0].mean() / clean[:, 0].mean()),
-            "r2": float(clean[:, -5:].mean() / clean[:, 10:40].mean()),
+            "r2": float(last.mean() / middle.mean()),
             "r3": float(memorized.mean() / clean.mean())}
 
 
