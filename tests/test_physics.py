@@ -19,9 +19,9 @@ def test_ratios_follow_their_definitions_on_50_steps():
 
 
 def test_r2_windows_scale_with_the_step_count():
-    clean = np.arange(20, dtype=float)[None].repeat(2, 0)   # 20 steps: the last 2 against steps 4-15
+    clean = np.arange(1, 21, dtype=float)[None].repeat(2, 0)  # 20 steps: the last 2 against steps 4-15
     r = physics.ratios(clean, clean)
-    assert r["r2"] == pytest.approx(np.mean([18, 19]) / np.mean(range(4, 16)))
+    assert r["r2"] == pytest.approx(np.mean([19, 20]) / np.mean(range(5, 17)))
 
 
 def test_ratios_refuse_traces_of_different_step_counts():
