@@ -26,7 +26,7 @@ import numpy as np
 from . import figures, metrics
 from .checkpoint import CheckpointError, write_json_atomic
 from .evaluate import prompt_sets
-from .guidance.detect import magnitude_trace
+from .guidance.detect import magnitude_trace, plateau_steps
 from .judges import Judges
 from .pipeline import ToyPipeline, check_device
 from .world import ATTRIBUTE_NAMES
@@ -47,10 +47,9 @@ def ratios(clean, memorized):
     if clean.ndim != 2 or memorized.ndim != 2 or clean.shape[1] != memorized.shape[1] or clean.shape[1] < 5:
         raise ValueError(f"need (samples, steps) traces of one step count >= 5, got {clean.shape}, "
                          f"{memorized.shape}")
-    n = clean.shape[1]
-    last, middle = clean[:, n - max(1, round(0.1 * n)):], clean[:, round(0.2 * n):round(0.8 * n)]
+    middle, last = plateau_steps(clean.shape[1])
     return {"r1": float(memorized[:, 0].mean() / clean[:, 0].mean()),
-            "r2": float(last.mean() / middle.mean()),
+            "r2": float(clean[:, last].mean() / clean[:, middle].mean()),
             "r3": float(memorized.mean() / clean.mean())}
 
 

@@ -114,11 +114,11 @@ print("look at traces.png: do the red (global) and orange (local) curves stand a
 #
 # PRSS triggers when the first-step m of a sample exceeds lambda_SS. A deployer does not know which prompts are
 # memorized, so `calibrate.py` sets lambda_SS from general training prompts only: their 95th percentile, i.e.
-# about 5% false triggers on them by construction (on its own x_T; ours differ). lambda_PR = 3 lambda_SS and
-# tau = 5 lambda_SS keep the official code's ratios (1 vs 3 vs 5 on Stable Diffusion's scale; our pixels live on
-# another scale, hence the calibration). Look back at traces.png for why lambda_PR is not a quantile of m_t
-# itself: every curve climbs along the trajectory, so a threshold above most general steps would sit above
-# every memorized step too, and PR would never switch on.
+# about 5% false triggers on them by construction (on its own x_T; ours differ). lambda_PR sits where Stable
+# Diffusion's lambda_PR = 3 sits on its curves, just above the plateau of the clean prompts' m_t: the 95th
+# percentile of general prompts' m_t over the middle 60% of the steps (traces.png, the dashed line), and
+# tau = 5/3 lambda_PR as officially. So re-anchoring stays mostly off along a clean trajectory and acts where a
+# prompt pulls harder than any clean one does.
 
 # %%
 x_T = pipe.initial_noise(2 if quick() else 4, seed=0)

@@ -19,7 +19,8 @@
 # a clean prompt's first-step m is about 0.5-0.8 and a memorized one's about 5, so lambda_SS = 1 sits just
 # above the clean ones. Along the trajectory a clean prompt's m_t climbs to a plateau of about 2-2.7:
 # lambda_PR = 3 sits just above it and tau = 5 about twice as high, so PR barely touches a clean paraphrase.
-# The toy's calibration (tutorial 05) keeps the ratios 1 : 3 : 5 and sets lambda_SS from its own prompts.
+# The toy's calibration (tutorial 05) puts its thresholds at the same places on its own clean prompts' curves:
+# lambda_SS just above their first-step m, lambda_PR just above their plateau, tau = 5/3 lambda_PR.
 #
 # **What you need.** `pip install diffusers transformers`, the SD v1.4 weights and preferably a GPU (on a CPU a
 # 50-step 512x512 image takes minutes):

@@ -1,14 +1,18 @@
 """Calibrate PRSS's thresholds on the toy's own magnitude scale, from non-memorized training prompts only.
 
 The official defaults (lambda_SS = 1, lambda_PR = 3, tau = 5) are magnitudes of Stable Diffusion's latent noise
-predictions; the toy's pixels live on another scale. A deployer does not know which prompts are memorized, so the
-rule looks at general training prompts alone and keeps the official ratios 1 : 3 : 5:
+predictions, and norms grow with the tensor's size, so the toy needs its own. They keep the official thresholds'
+relation to the clean prompts' curves (docs/math.md): on SD, lambda_SS = 1 sits just above a clean prompt's
+first-step m, lambda_PR = 3 just above the plateau its m_t reaches through the middle of sampling, tau = 5 at
+5/3 of lambda_PR. A deployer does not know which prompts are memorized, so the rule reads general prompts alone:
 
-    lambda_SS = q95 of the first-step magnitude of general prompts     (about 5% false triggers on them)
-    lambda_PR = 3 * lambda_SS,   tau = 5 * lambda_SS
+    lambda_SS = q95 of the first-step magnitude of general prompts         (about 5% false triggers on them)
+    lambda_PR = q95 of their m_t over the plateau steps (20% to 80% of the way, under plain CFG)
+    tau       = 5/3 lambda_PR
 
-The quantile is a deployer's trade: a false trigger costs a normal prompt its CFG image (and some time), a miss
-leaves a memorized sample copying. docs/results.md has the measurements behind the choice.
+So Prompt Re-anchoring stays (mostly) off on a clean paraphrase and acts where a trajectory pulls harder than a
+clean prompt's does. The quantiles are a deployer's trade: a false trigger costs a normal prompt its CFG image,
+a miss leaves a memorized sample copying. docs/history.md has the rules tried before.
 """
 
 import json
@@ -18,29 +22,43 @@ import numpy as np
 import torch
 
 from ..checkpoint import CheckpointError, write_json_atomic
-from .detect import first_step_magnitude
+from .detect import first_step_magnitude, magnitude_trace, plateau_steps
 
 QUANTILE = 0.95
-RATIOS = {"lambda_ss": 1.0, "lambda_pr": 3.0, "tau": 5.0}  # the official defaults 1, 3, 5, as multiples
-RULE = (f"lambda_ss = q{QUANTILE * 100:.0f} first-step magnitude of general training prompts; "
-        f"lambda_pr = {RATIOS['lambda_pr']:g} * lambda_ss; tau = {RATIOS['tau']:g} * lambda_ss "
-        "(the official 1 : 3 : 5)")
+TAU_OVER_LAMBDA_PR = 5 / 3  # the official tau / lambda_PR
+RULE = (f"lambda_ss = q{QUANTILE * 100:.0f} of general prompts' first-step magnitude; lambda_pr = "
+        f"q{QUANTILE * 100:.0f} of their m_t over the plateau steps (20%-80% of the way, plain CFG); "
+        f"tau = 5/3 lambda_pr (the official 5 : 3)")
+KEYS = ("lambda_ss", "lambda_pr", "tau", "timestep")
 
 
-def calibrate(pipe, num_prompts=128, num_images=4, seed=1234):
-    """Measure the general prompts' first-step magnitudes; return the thresholds dict (with the statistics).
-
-    The quantile sees num_prompts * num_images samples (512 by default: a high quantile of few samples is close
-    to their maximum, and the false-trigger rate it gives swings from run to run)."""
+def general_prompts(pipe, num_prompts, seed):
+    """`num_prompts` distinct general (non-memorized) training captions, drawn with `seed`."""
     data = pipe.dataset
     general = np.unique(data["captions"][data["group"] == "general"])
-    prompts = list(np.random.default_rng(seed).choice(general, min(num_prompts, len(general)), replace=False))
+    return list(np.random.default_rng(seed).choice(general, min(num_prompts, len(general)), replace=False))
+
+
+def calibrate(pipe, num_prompts=128, num_images=4, trace_prompts=32, trace_images=2, seed=1234):
+    """Measure the general prompts' magnitudes; return the thresholds dict (with the statistics behind them).
+
+    The first-step quantile sees num_prompts * num_images samples (512 by default: a high quantile of few samples
+    is close to their maximum, and the false-trigger rate it gives swings from run to run); the plateau quantile
+    sees trace_prompts * trace_images trajectories, about 30 steps each."""
+    prompts = general_prompts(pipe, num_prompts, seed)
     x_T = pipe.initial_noise(num_images, seed)                                           # (K, 3, H, W)
     first = torch.cat([first_step_magnitude(pipe, pipe.encode(prompts[i:i + 32]), x_T).flatten()
                        for i in range(0, len(prompts), 32)])                             # (P * K,)
-    lambda_ss = float(torch.quantile(first, QUANTILE))
-    return {**{k: r * lambda_ss for k, r in RATIOS.items()}, "rule": RULE, "timestep": pipe.detection_timestep,
-            "general_first_step_mean": float(first.mean()), "num_prompts": len(prompts), "num_images": num_images}
+    traced = prompts[:trace_prompts]
+    contexts = pipe.encode(traced).repeat_interleave(trace_images, 0)                    # (P' * K', L, D)
+    x_T = pipe.initial_noise(trace_images, seed).repeat(len(traced), 1, 1, 1)
+    trace = magnitude_trace(pipe, contexts, x_T)                                         # (P' * K', steps)
+    plateau = trace[:, plateau_steps(trace.shape[1])[0]].flatten()
+    lambda_ss, lambda_pr = (float(torch.quantile(m, QUANTILE)) for m in (first, plateau))
+    return {"lambda_ss": lambda_ss, "lambda_pr": lambda_pr, "tau": TAU_OVER_LAMBDA_PR * lambda_pr, "rule": RULE,
+            "timestep": pipe.detection_timestep, "general_first_step_mean": float(first.mean()),
+            "general_plateau_mean": float(plateau.mean()), "num_prompts": len(prompts), "num_images": num_images,
+            "trace_prompts": len(traced), "trace_images": trace_images}
 
 
 def load_or_calibrate(pipe):
@@ -53,7 +71,7 @@ def load_or_calibrate(pipe):
     try:
         with open(path) as f:
             thresholds = json.load(f)
-        missing = [k for k in (*RATIOS, "timestep") if k not in thresholds]
+        missing = [k for k in KEYS if k not in thresholds]
     except (ValueError, TypeError) as e:
         missing = [f"a readable file ({type(e).__name__})"]
     if missing:

@@ -46,6 +46,13 @@ def magnitude_trace(pipe, prompt_contexts, x_T, num_steps=None, return_images=Fa
     return (trace, tensor_to_images(x_0)) if return_images else trace
 
 
+def plateau_steps(num_steps):
+    """The middle of a trajectory, slice(20%, 80%) of the steps (steps 10-39 of 50), where Stable Diffusion's m_t of
+    a clean prompt sits on a flat plateau; and the last 10% of the steps (the last 5 of 50): (middle, last)."""
+    return slice(round(0.2 * num_steps), round(0.8 * num_steps)), slice(num_steps - max(1, round(0.1 * num_steps)),
+                                                                      num_steps)
+
+
 def detection_score(pipe, prompts, seeds=(0,), num_images=1):
     """The first-step detection score of each prompt, averaged over `num_images` x_T per seed: (P,) tensor."""
     contexts = pipe.encode(prompts)
