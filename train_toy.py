@@ -79,7 +79,8 @@ def save_progress_figures(out, losses, unet, cfg, contexts, null, schedule, step
     ax.plot(losses, lw=0.5, alpha=0.4)
     k = max(1, len(losses) // 50)
     ax.plot(np.arange(len(losses) - k + 1) + k // 2, np.convolve(losses, np.ones(k) / k, "valid"), lw=1.5)
-    ax.set(xlabel="step", ylabel="eps-MSE", yscale="log", title="diffusion training loss")
+    ax.set(xlabel="step", ylabel=f"{cfg.prediction_type} loss ({cfg.loss_weighting})", yscale="log",
+           title="diffusion training loss")
     fig.tight_layout()
     fig.savefig(os.path.join(out, "loss.png"), dpi=100)
     plt.close(fig)
@@ -91,6 +92,14 @@ def save_progress_figures(out, losses, unet, cfg, contexts, null, schedule, step
     grid = np.concatenate(list(tensor_to_images(x)), axis=1)
     Image.fromarray(grid).resize((grid.shape[1] * 4, grid.shape[0] * 4), Image.NEAREST).save(
         os.path.join(out, f"samples_{step:06d}.png"))
+
+
+def caption_drop_probabilities(image_id, cond_drop_prob, dedup_uncond):
+    """(N,) probability that each training item's caption is dropped: cond_drop_prob, or with dedup_uncond
+    cond_drop_prob / (its image's number of duplicates), so the unconditional branch sees every distinct image
+    about equally often (config.py: dedup_uncond)."""
+    copies = torch.as_tensor(np.bincount(image_id)[image_id], dtype=torch.float32)                  # (N,)
+    return cond_drop_prob / copies if dedup_uncond else torch.full_like(copies, cond_drop_prob)
 
 
 @torch.no_grad()
@@ -116,6 +125,7 @@ def stage_unet(cfg, out, data, encoder, device):
         null = encoder(tokenizer([""]).to(device))[0]                                      # (1, L, D)
     images = images_to_tensor(data["images"]).to(device)                                  # (N, 3, H, W)
     caption_index = torch.as_tensor(caption_index, device=device)
+    drop_prob = caption_drop_probabilities(data["image_id"], cfg.cond_drop_prob, cfg.dedup_uncond)   # (N,)
 
     torch.manual_seed(cfg.seed)
     unet = UNet(unet_config(cfg)).to(device)
@@ -145,7 +155,8 @@ def stage_unet(cfg, out, data, encoder, device):
             group["lr"] = lr_at(step)
         batch = torch.randint(len(images), (cfg.batch_size,), generator=generator).to(device)
         loss = diffusion_loss(unet, images[batch], contexts[caption_index[batch]], null, schedule,
-                              cfg.cond_drop_prob, generator, cfg.prediction_type)
+                              drop_prob[batch.cpu()], generator, cfg.prediction_type, cfg.loss_weighting,
+                              cfg.snr_gamma, cfg.snr_floor)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

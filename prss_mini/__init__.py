@@ -2,7 +2,8 @@
 
 Read the package like the table of contents of a lecture:
 
-    world.py         the toy world: captions, images, memorization on purpose
+    captions.py      the toy's captions: a small grammar of shapes, colours, positions, and its reader
+    world.py         the toy world: images, the training groups, memorization on purpose
     text_encoder.py  word tokenizer and a tiny CLIP-style text encoder
     unet.py          the noise-prediction network with cross-attention
     diffusion.py     schedules, add_noise, DDPM / DDIM steps, the sampling loop, CFG
@@ -15,6 +16,7 @@ Read the package like the table of contents of a lecture:
     pipeline.py      a trained run folder, loaded: prompts in, images out
     sample.py        the sampling command                         evaluate.py    the evaluation protocol
     analysis.py      frontier, dominance, cost                    report.py      tables; figures.py  figures
+    physics.py       the toy's magnitude curves beside Stable Diffusion's (r1, r2, r3)
     (train_toy.py, at the top of the repo, trains a run)
 
     stable_diffusion.py  past the toy: the same PRSS on a diffusers Stable Diffusion pipeline (optional,

@@ -74,6 +74,9 @@ def cost(results):
             continue
         row = {}
         for name, groups in (("memorized", ("global", "local")), ("control", ("general", "heldout"))):
+            groups = [g for g in groups if g in r["groups"]]  # the evaluation's sets may leave a group out
+            if not groups:
+                continue
             sec = np.mean([r["groups"][g]["seconds_per_image"] for g in groups])
             row[name + "_unet_evals_per_image"] = float(np.mean([r["groups"][g]["unet_evals_per_image"] for g in groups]))
             row[name + "_time_vs_cfg"] = float(sec / np.mean([ref[g]["seconds_per_image"] for g in groups]))

@@ -33,7 +33,7 @@ def write_json_atomic(obj, path):
 
 
 # Sampling defaults: a trained model does not depend on them, so they may change without retraining.
-SAMPLING_KEYS = ("guidance_scale", "num_inference_steps")
+SAMPLING_KEYS = ("guidance_scale", "num_inference_steps", "timestep_spacing", "steps_offset")
 
 
 def config_differences(old, new):

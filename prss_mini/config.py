@@ -11,7 +11,7 @@ import os
 from dataclasses import asdict, dataclass, fields
 
 from .checkpoint import CheckpointError
-from .diffusion import PREDICTION_TYPES, SCHEDULES, NoiseSchedule
+from .diffusion import LOSS_WEIGHTINGS, PREDICTION_TYPES, SCHEDULES, NoiseSchedule
 from .text_encoder import TextEncoderConfig
 from .unet import UNetConfig
 from .world import WorldConfig
@@ -21,41 +21,64 @@ from .world import WorldConfig
 class Config:
     preset: str = "cpu"
     seed: int = 0
-    # toy world (prss_mini/world.py)
+    # toy world (prss_mini/world.py): global images are 1000 of 5100 training items
     image_size: int = 16
-    num_general: int = 2000
+    num_general: int = 4000
     num_global: int = 10
-    global_duplicates: int = 150
+    global_duplicates: int = 100
     title_variants: tuple = (3, 5, 7, 9)  # one entry per titled global image (world.py)
     num_local: int = 100
     num_heldout_combos: int = 8
     heldout_phrasings: int = 3
+    # ... and its look: shapes big enough to read, a two-tone high-contrast background with a grain that no caption
+    # names, striking duplicated images (docs/results.md measures each)
+    shape_radius: tuple = (0.18, 0.23)
+    antialias: bool = False  # hard edges: soft ones are a detail only a model told the shape can pin down late
+    position_jitter: float = 0.06
+    background_value: tuple = (0.05, 1.0)
+    background_saturation: tuple = (0.1, 0.45)
+    background_sharpness: float = 12.0
+    grain: float = 0.06
+    global_pick: int = 20
     # text encoder and its CLIP pre-training (prss_mini/text_encoder.py)
     text_dim: int = 64
     text_layers: int = 2
     clip_steps: int = 600
-    # UNet (prss_mini/unet.py)
-    base_channels: int = 16
-    channel_mults: tuple = (1, 2, 4)
+    # UNet (prss_mini/unet.py): 32 channels at full resolution, where shapes are drawn
+    base_channels: int = 32
+    channel_mults: tuple = (1, 2, 2)
     num_res_blocks: int = 1
     attn_levels: tuple = (1, 2)
     # diffusion (prss_mini/diffusion.py)
     num_train_timesteps: int = 1000
     beta_schedule: str = "scaled_linear"
     # v-prediction (Salimans & Ho 2022; SD 2): at high noise the network predicts the image, not an eps it would
-    # have to get right to 1 / sqrt(abar_t) = 15x precision (docs/results.md has what eps-prediction gave).
+    # have to get right to 1 / sqrt(abar_t) = 15x precision (docs/history.md and docs/results.md: eps-prediction).
     prediction_type: str = "v_prediction"
     # training
-    train_steps: int = 3500
+    train_steps: int = 4500
     batch_size: int = 32
-    lr: float = 1e-3
-    cond_drop_prob: float = 0.1
+    lr: float = 2e-3
+    cond_drop_prob: float = 0.3  # SD: 0.1; a small model's empty-caption branch needs more data to be as precise
+    # The unconditional branch learns the de-duplicated data: an image's caption is dropped with probability
+    # cond_drop_prob / (its number of duplicates). In Stable Diffusion duplicates are a negligible share of billions,
+    # so its unconditional model does not know them; here they are a fifth of the data, and without this the
+    # unconditional branch memorizes them too.
+    dedup_uncond: bool = True
+    loss_weighting: str = "truncated_snr"  # diffusion.loss_weights: "uniform", "min_snr" or "truncated_snr"
+    snr_gamma: float = 5.0                 # min_snr's cap
+    snr_floor: float = 0.2                 # truncated_snr's floor
     ema_decay: float = 0.999  # sampling uses an exponential moving average of the weights (0: the raw weights)
-    # judges (prss_mini/judges.py): trained apart from the model under test
-    judge_steps: int = 800
+    # judges (prss_mini/judges.py): trained apart from the model under test, on fresh renders
+    judge_steps: int = 2400       # the attribute classifier's
+    judge_clip_steps: int = 800   # the judge CLIP's
+    judge_depth: int = 2          # convs per resolution of the judges' image encoders (text_encoder.ImageEncoder)
+    judge_pool: int = 8000        # fresh renders they train on
     # sampling defaults
     guidance_scale: float = 2.0  # higher scales over-saturate this pixel-space toy (copies get less exact)
     num_inference_steps: int = 50
+    timestep_spacing: str = "trailing"  # diffusion.timesteps_for: "trailing" 999..19, or "leading" 980..0
+    steps_offset: int = 0               # added to "leading" timesteps (Stable Diffusion: 1, i.e. 981..1)
     # bookkeeping
     checkpoint_every: int = 250
     sample_every: int = 1500
@@ -65,8 +88,8 @@ PRESETS = {
     # tests: trains everything in well under 2 minutes on 2 CPU cores
     "tiny": dict(num_general=200, num_global=4, global_duplicates=100, title_variants=(3, 7), num_local=30,
                  clip_steps=150, base_channels=16, channel_mults=(1, 2), attn_levels=(1,),
-                 train_steps=600, batch_size=32, lr=2e-3, judge_steps=200, checkpoint_every=100, sample_every=200,
-                 num_inference_steps=20),
+                 train_steps=600, batch_size=32, lr=2e-3, judge_steps=200, judge_clip_steps=200, judge_depth=1,
+                 judge_pool=4000, checkpoint_every=100, sample_every=200, num_inference_steps=20),
     # a laptop CPU (2 cores): at most 15 minutes in all
     "cpu": dict(),
     # one consumer GPU: 32x32 images, a larger UNet, longer training
@@ -100,14 +123,15 @@ def unet_config(cfg):
 
 
 def noise_schedule(cfg):
-    return NoiseSchedule(cfg.num_train_timesteps, cfg.beta_schedule)
+    """The run's noise schedule, with its sampling grid (timestep_spacing, steps_offset)."""
+    return NoiseSchedule(cfg.num_train_timesteps, cfg.beta_schedule, cfg.timestep_spacing, cfg.steps_offset)
 
 
 def _check(cfg):
     """Every rule a run's config must follow, checked before anything is trained or written (ValueError)."""
     at_least_one = ("num_general", "num_global", "global_duplicates", "num_local", "clip_steps", "train_steps",
-                    "batch_size", "judge_steps", "checkpoint_every", "sample_every", "num_inference_steps",
-                    "text_layers", "num_res_blocks")
+                    "batch_size", "judge_steps", "judge_clip_steps", "judge_depth", "judge_pool", "checkpoint_every",
+                    "sample_every", "num_inference_steps", "text_layers", "num_res_blocks")
     bad = [f"--{k} {getattr(cfg, k)}" for k in at_least_one if getattr(cfg, k) < 1]
     if bad:
         raise ValueError(f"{', '.join(bad)}: these must be at least 1")
@@ -115,9 +139,13 @@ def _check(cfg):
         raise ValueError(f"unknown prediction_type {cfg.prediction_type!r}; use one of {PREDICTION_TYPES}")
     if cfg.beta_schedule not in SCHEDULES:
         raise ValueError(f"unknown beta_schedule {cfg.beta_schedule!r}; use one of {SCHEDULES}")
+    if cfg.loss_weighting not in LOSS_WEIGHTINGS:
+        raise ValueError(f"unknown loss_weighting {cfg.loss_weighting!r}; use one of {LOSS_WEIGHTINGS}")
     if not 0 < cfg.cond_drop_prob < 1:
         raise ValueError(f"cond_drop_prob must be in (0, 1): CFG needs both the empty and the real caption in "
                          f"training, got {cfg.cond_drop_prob}")
+    if cfg.snr_gamma <= 0 or cfg.snr_floor < 0:
+        raise ValueError(f"need snr_gamma > 0 and snr_floor >= 0, got {cfg.snr_gamma} and {cfg.snr_floor}")
     if not 0 <= cfg.ema_decay < 1 or cfg.lr <= 0:
         raise ValueError(f"need 0 <= ema_decay < 1 and lr > 0, got ema_decay={cfg.ema_decay}, lr={cfg.lr}")
     if cfg.guidance_scale < 0:
@@ -145,21 +173,33 @@ def make_config(preset="cpu", **overrides):
     return cfg
 
 
+def _typed(default, value):
+    """A command-line string typed like a Config default: '1,2,4' for tuples (of the default's element type),
+    true/false (or 1/0) for switches."""
+    if isinstance(default, tuple):
+        return tuple(type(default[0] if default else 0)(v) for v in value.split(",") if v)
+    if isinstance(default, bool):
+        if value.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(value)
+        return value.lower() in ("true", "1")
+    return type(default)(value)
+
+
 def parse_overrides(pairs):
     """['--train_steps', '500', '--lr', '1e-3'] -> {'train_steps': 500, 'lr': 0.001}, typed like Config."""
-    types = {f.name: type(f.default) for f in fields(Config)}
+    defaults = {f.name: f.default for f in fields(Config)}
     if len(pairs) % 2:
         raise ValueError(f"overrides come as --key value pairs, got {pairs}")
     out = {}
     for key, value in zip(pairs[::2], pairs[1::2]):
         name = key.lstrip("-").replace("-", "_")
-        if not key.startswith("--") or name not in types:
-            raise ValueError(f"unknown option {key!r}; known: {', '.join('--' + k for k in sorted(types))}")
-        kind = types[name]
+        if not key.startswith("--") or name not in defaults:
+            raise ValueError(f"unknown option {key!r}; known: {', '.join('--' + k for k in sorted(defaults))}")
         try:
-            out[name] = tuple(int(v) for v in value.split(",") if v) if kind is tuple else kind(value)
+            out[name] = _typed(defaults[name], value)
         except ValueError:
-            raise ValueError(f"--{name} expects a {kind.__name__}, got {value!r}") from None
+            raise ValueError(f"--{name} expects a {type(defaults[name]).__name__} like {defaults[name]!r}, "
+                             f"got {value!r}") from None
     return out
 
 

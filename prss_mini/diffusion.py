@@ -12,22 +12,26 @@ loop. Names follow diffusers (alphas_cumprod, add_noise, pred_original_sample, .
 import math
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 SCHEDULES = ("linear", "scaled_linear", "cosine")
 SAMPLERS = ("ddim", "ddpm")
+TIMESTEP_SPACINGS = ("leading", "trailing")  # which timesteps a few-step sampler visits (timesteps_for)
 
 
 class NoiseSchedule:
     """beta_1..beta_T and the derived alpha_t = 1 - beta_t, abar_t = prod_{s<=t} alpha_s (DDPM sec. 2)."""
 
-    def __init__(self, num_train_timesteps=1000, beta_schedule="linear"):
+    def __init__(self, num_train_timesteps=1000, beta_schedule="linear", timestep_spacing="leading", steps_offset=0):
         T = num_train_timesteps
         if beta_schedule not in SCHEDULES:
             raise ValueError(f"unknown beta_schedule {beta_schedule!r}; use one of {SCHEDULES}")
         if not isinstance(T, int) or T < 2:
             raise ValueError(f"num_train_timesteps must be an int >= 2, got {T!r}")
+        if timestep_spacing not in TIMESTEP_SPACINGS:
+            raise ValueError(f"unknown timestep_spacing {timestep_spacing!r}; use one of {TIMESTEP_SPACINGS}")
+        if not isinstance(steps_offset, int) or not 0 <= steps_offset < T:
+            raise ValueError(f"steps_offset must be an int in [0, {T}), got {steps_offset!r}")
         if beta_schedule == "linear":  # DDPM's choice
             betas = torch.linspace(1e-4, 0.02, T, dtype=torch.float64)
         elif beta_schedule == "scaled_linear":  # Stable Diffusion's choice
@@ -39,6 +43,9 @@ class NoiseSchedule:
                                  dtype=torch.float64)
         self.num_train_timesteps = T
         self.beta_schedule = beta_schedule
+        # the sampler's grid lives with the schedule (as in a diffusers scheduler's config), so the sampler, the
+        # detector and every guidance method visit the same timesteps
+        self.timestep_spacing, self.steps_offset = timestep_spacing, steps_offset
         self.betas = betas.float()                                     # (T,)
         self.alphas = (1.0 - betas).float()                            # (T,)
         self.alphas_cumprod = torch.cumprod(1.0 - betas, dim=0).float()  # (T,) float64 product, then cast
@@ -52,7 +59,8 @@ class NoiseSchedule:
         return new
 
     def __repr__(self):
-        return f"NoiseSchedule(num_train_timesteps={self.num_train_timesteps}, beta_schedule={self.beta_schedule!r})"
+        return (f"NoiseSchedule(num_train_timesteps={self.num_train_timesteps}, beta_schedule={self.beta_schedule!r}, "
+                f"timestep_spacing={self.timestep_spacing!r}, steps_offset={self.steps_offset})")
 
 
 def _randn(shape, generator, device):
@@ -101,21 +109,47 @@ def as_epsilon_model(model, prediction_type, schedule):
     return EpsilonModel(model, schedule) if prediction_type == "v_prediction" else model
 
 
+LOSS_WEIGHTINGS = ("uniform", "min_snr", "truncated_snr")
+
+
+def loss_weights(t, schedule, prediction_type="epsilon", weighting="uniform", snr_gamma=5.0, snr_floor=0.2):
+    """Per-sample weights (B,) of the squared error at timesteps t (B,), so that in x0 terms the loss weighs
+    each step by a function of SNR_t = abar_t / (1 - abar_t):
+
+        "uniform"        the plain loss: SNR_t for the eps loss, SNR_t + 1 for the v loss (DDPM's simple loss)
+        "min_snr"        min(SNR_t, snr_gamma)   (Hang et al. 2023, "Efficient diffusion training via Min-SNR")
+        "truncated_snr"  max(SNR_t, snr_floor)   (Salimans & Ho 2022's "truncated SNR"; they floor at 1)
+
+    At the noisiest steps the error is mostly the irreducible spread of x0 given a caption (a whole background);
+    with the v loss it outweighs the mid-noise detail that tells a triangle from a circle. "truncated_snr" keeps
+    little weight there, but not none, so the first step still learns the memorized images."""
+    if weighting not in LOSS_WEIGHTINGS:
+        raise ValueError(f"unknown loss weighting {weighting!r}; use one of {LOSS_WEIGHTINGS}")
+    if weighting == "uniform":
+        return torch.ones(t.shape, device=t.device)
+    abar = schedule.alphas_cumprod.to(t.device)[t]
+    snr = abar / (1 - abar)                                                                  # (B,)
+    target = snr.clamp(max=snr_gamma) if weighting == "min_snr" else snr.clamp(min=snr_floor)
+    return target / (snr if prediction_type == "epsilon" else snr + 1)        # over the plain loss's own weight
+
+
 def diffusion_loss(model, x0, context, null_context, schedule, cond_drop_prob=0.1, generator=None,
-                   prediction_type="epsilon"):
+                   prediction_type="epsilon", weighting="uniform", snr_gamma=5.0, snr_floor=0.2):
     """Epsilon-prediction loss ||eps - eps_theta(x_t, t, c)||^2 (DDPM Algorithm 1, eq. 14), or, with
     prediction_type="v_prediction", ||v - v_theta(x_t, t, c)||^2: at high noise v is about -x0, so the network
-    predicts the image itself where an eps error would be amplified 1 / sqrt(abar_t) times.
+    predicts the image itself where an eps error would be amplified 1 / sqrt(abar_t) times. Each sample's error is
+    weighted by `loss_weights` (uniform: 1).
 
-    With probability cond_drop_prob per sample the caption is replaced by the empty caption,
-    so one network learns both eps(x, c) and eps(x, null) as CFG needs (Ho & Salimans sec. 3.2).
-    x0: (B, C, H, W); context: (B, L, D); null_context: (1, L, D).
+    With probability cond_drop_prob per sample (a float, or one (B,) probability per sample) the caption is replaced
+    by the empty caption, so one network learns both eps(x, c) and eps(x, null) as CFG needs (Ho & Salimans
+    sec. 3.2). x0: (B, C, H, W); context: (B, L, D); null_context: (1, L, D).
     """
     if prediction_type not in PREDICTION_TYPES:
         raise ValueError(f"unknown prediction_type {prediction_type!r}; use one of {PREDICTION_TYPES}")
-    if not 0.0 <= cond_drop_prob <= 1.0:
-        raise ValueError(f"cond_drop_prob must be in [0, 1], got {cond_drop_prob}")
     B, device = x0.shape[0], x0.device
+    cond_drop_prob = torch.as_tensor(cond_drop_prob, dtype=torch.float32).expand(B)           # (B,)
+    if not ((0 <= cond_drop_prob) & (cond_drop_prob <= 1)).all():
+        raise ValueError(f"cond_drop_prob must be in [0, 1], got {cond_drop_prob.tolist()}")
     # All randomness on CPU from the explicit generator, so a seed reproduces across devices.
     t = torch.randint(0, schedule.num_train_timesteps, (B,), generator=generator).to(device)  # (B,)
     noise = _randn(x0.shape, generator, device)                                               # (B, C, H, W)
@@ -123,7 +157,8 @@ def diffusion_loss(model, x0, context, null_context, schedule, cond_drop_prob=0.
     context = torch.where(drop.view(B, 1, 1), null_context.expand_as(context), context)       # (B, L, D)
     x_t = add_noise(x0, noise, t, schedule)
     target = noise if prediction_type == "epsilon" else v_target(x0, noise, t, schedule)
-    return F.mse_loss(model(x_t, t, context), target)
+    error = (model(x_t, t, context) - target).pow(2).flatten(1).mean(dim=1)                 # (B,)
+    return (loss_weights(t, schedule, prediction_type, weighting, snr_gamma, snr_floor) * error).mean()
 
 
 def predict_x0(x_t, eps, alpha_bar_t):
@@ -194,15 +229,22 @@ def ddpm_step(x_t, eps, t, schedule, noise=None, clip_sample=False):
 
 
 def timesteps_for(num_inference_steps, schedule):
-    """The timesteps visited by the sampler, noisiest first, with diffusers' "leading" spacing.
+    """The timesteps visited by the sampler, noisiest first, by the schedule's spacing (diffusers' names):
 
-    step = T // n; [i * step for i < n] reversed. 50 of 1000 -> [980, 960, ..., 20, 0].
-    """
+        "leading"   step = T // n; [i * step + steps_offset for i < n] reversed.
+                    50 of 1000 -> [980, 960, ..., 20, 0]; Stable Diffusion's steps_offset = 1 -> [981, ..., 1]
+        "trailing"  [round(T - i * T / n) - 1 for i < n]: 50 of 1000 -> [999, 979, ..., 39, 19]
+
+    It matters at the end: a cond-vs-uncond gap in the predicted x0 shows in m_t times sqrt(abar_t / (1 - abar_t)),
+    about 34 at t = 0, 24 at t = 1 and 7.5 at t = 19 on the scaled_linear schedule. "trailing" also starts at the
+    noisiest timestep (Lin et al. 2024, "Common diffusion noise schedules and sample steps are flawed")."""
     T = schedule.num_train_timesteps
     if not 1 <= num_inference_steps <= T:
         raise ValueError(f"num_inference_steps must be in [1, {T}] (num_train_timesteps), got {num_inference_steps}")
+    if schedule.timestep_spacing == "trailing":
+        return [int(round(T - i * T / num_inference_steps)) - 1 for i in range(num_inference_steps)]
     step = T // num_inference_steps
-    return [i * step for i in range(num_inference_steps)][::-1]
+    return [min(i * step + schedule.steps_offset, T - 1) for i in range(num_inference_steps)][::-1]
 
 
 def sample(guidance, shape, schedule, num_inference_steps=50, sampler="ddim", eta=0.0,

@@ -28,7 +28,8 @@ from .guidance.detect import detection_score, magnitude_trace
 from .judges import Judges
 from .pipeline import ToyPipeline, check_device
 from .report import write_reports
-from .world import ATTRIBUTE_NAMES, memorized_captions
+from .captions import ATTRIBUTE_NAMES
+from .world import memorized_captions
 
 GROUPS = ("global", "local", "general", "heldout")
 MEMORIZED, CONTROL = ("global", "local"), ("general", "heldout")
@@ -65,6 +66,13 @@ def jobs_for(methods, quick=False):
     chosen = ["cfg"] + [m for m in METHODS if m in methods and m != "cfg"]
     return [(m, k) for m in chosen
             for k in (METHODS[m].SWEEP[:1] if quick else METHODS[m].SWEEP + METHODS[m].VARIANTS)]
+
+
+def runs_on(group, method, knobs):
+    """Does the evaluation run this setting on this group? Memorized prompts get every setting. Control prompts
+    (general, held-out) get every setting of PRSS and its ablations (do they leave normal prompts alone?) but only
+    the default of a baseline: its sweep traces the privacy-utility curve, which only memorized prompts have."""
+    return group in MEMORIZED or not METHODS[method].BASELINE or knobs == METHODS[method].SWEEP[0]
 
 
 class CountingUNet:
@@ -123,11 +131,13 @@ def run_jobs(pipe, judges, train_images, sets, jobs, num_images, partial_path=No
     counter = CountingUNet(pipe.unet)
     real_unet, pipe.unet = pipe.unet, counter
     try:
-        with tqdm(total=sum(map(len, sets.values())) * len(jobs), desc="prompts x settings",
-                  disable=not progress) as bar:
+        total = sum(len(p) for g, p in sets.items() for m, kn in jobs if runs_on(g, m, kn))
+        with tqdm(total=total, desc="prompts x settings", disable=not progress) as bar:
             for group, prompts in sets.items():
                 for j, (prompt, attributes) in enumerate(prompts):
                     for k, (method, knobs) in enumerate(jobs):
+                        if not runs_on(group, method, knobs):
+                            continue
                         if key(k, group, j) not in done:
                             count0, t0 = counter.count, time.perf_counter()
                             out, info = pipe.generate(prompt, method=method, num_images=num_images, seed=1000 + j,
@@ -145,6 +155,8 @@ def run_jobs(pipe, judges, train_images, sets, jobs, num_images, partial_path=No
     for k, (method, knobs) in enumerate(jobs):
         rows = {}
         for group, prompts in sets.items():
+            if not runs_on(group, method, knobs):
+                continue
             entries = [done[key(k, group, j)] for j in range(len(prompts))]
             n = len(prompts) * num_images
             rows[group] = {m: float(np.mean([v for e in entries for v in e[m]])) for m in MEASURES if m in entries[0]}
@@ -152,7 +164,8 @@ def run_jobs(pipe, judges, train_images, sets, jobs, num_images, partial_path=No
             rows[group]["unet_evals_per_image"] = sum(e["evals"] for e in entries) / n
             rows[group]["seconds_per_image"] = sum(e["seconds"] for e in entries) / n
         results.append({"method": method, "knobs": knobs, "label": label(method, knobs), "groups": rows})
-        images.append({(group, j): done[key(k, group, j)]["images"] for group in sets for j in range(len(sets[group]))})
+        images.append({(group, j): done[key(k, group, j)]["images"] for group in sets for j in range(len(sets[group]))
+                       if runs_on(group, method, knobs)})
     return results, images
 
 
@@ -181,7 +194,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True, help="run folder written by train_toy.py")
     parser.add_argument("--per-group", type=int, default=5, help="prompts per group (global: all of them)")
-    parser.add_argument("--num-images", type=int, default=2, help="seeds per prompt")
+    parser.add_argument("--num-images", type=int, default=4, help="seeds per prompt")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
     parser.add_argument("--quick", action="store_true", help="first settings only, 2 prompts per group, 1 image")
     parser.add_argument("--out", default=None, help="output folder (default: RUN/eval)")

@@ -97,10 +97,11 @@ def roc_plot(scores, path):
     plt.close(fig)
 
 
-def physics_plot(traces, thresholds, sd_ranges, path):
+def physics_plot(traces, thresholds, sd_ranges, path=None):
     """Left: the toy's mean m_t per step under CFG for every group (10-90% band for clean and memorized) with
     lambda_PR and tau; right: Stable Diffusion v1.4's ranges at a few steps (sd_ranges: "clean" / "memorized" ->
-    [(step, low, high)]) with the official thresholds 1, 3, 5. Same shape of curves is the goal, not the values."""
+    [(step, low, high)]) with the official thresholds 1, 3, 5. Same shape of curves is the goal, not the values.
+    Saved to `path`; without one the figure is returned (a notebook shows it)."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     for group, trace in traces.items():
         steps = np.arange(trace.shape[1])
@@ -108,10 +109,11 @@ def physics_plot(traces, thresholds, sd_ranges, path):
         if group in ("general", "global"):
             axes[0].fill_between(steps, np.percentile(trace, 10, 0), np.percentile(trace, 90, 0),
                                  color=GROUP_COLOURS[group], alpha=0.15)
-    for name, ls in (("lambda_pr", "--"), ("tau", ":")):
+    for name, ls in (("lambda_ss", "-."), ("lambda_pr", "--"), ("tau", ":")):
         axes[0].axhline(thresholds[name], color="k", ls=ls, lw=0.8, label=f"{name} {thresholds[name]:.2f}")
+    # log scales on both panels: only ratios carry over from SD's 4x64x64 latents to the toy's 3x16x16 pixels
     axes[0].set(title="the toy (plain CFG): mean m_t, 10-90% of samples shaded", xlabel="sampling step (0 = noisiest)",
-                ylabel="m_t = ||eps(x_t, e_p) - eps(x_t, e_0)||")
+                ylabel="m_t = ||eps(x_t, e_p) - eps(x_t, e_0)|| (log scale)", yscale="log")
     axes[0].legend(fontsize=7)
     for kind, colour in (("clean", GROUP_COLOURS["general"]), ("memorized", GROUP_COLOURS["global"])):
         steps, low, high = np.array(sd_ranges[kind]).T
@@ -123,6 +125,8 @@ def physics_plot(traces, thresholds, sd_ranges, path):
                 ylabel="m_t (log scale)", yscale="log")
     axes[1].legend(fontsize=7)
     fig.tight_layout()
+    if path is None:
+        return fig
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

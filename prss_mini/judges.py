@@ -18,14 +18,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .captions import CREDITS, TITLES, VALUES, make_caption
 from .checkpoint import CheckpointError, load_checkpoint
-from .config import from_dict, read_config, text_encoder_config, to_dict
+from .config import from_dict, read_config, text_encoder_config, to_dict, world_config
 from .text_encoder import ImageEncoder, TextEncoder, Tokenizer, train_clip
-from .world import (CREDITS, TITLES, VALUES, all_combinations, check_images, images_to_tensor, make_caption, render,
-                    to_uint8)
+from .world import all_combinations, check_images, images_to_tensor, render, to_uint8
 
 NUM_VALUES = tuple(len(v) for v in VALUES)  # (4, 5, 4): shapes, colours, positions
-WIDTH = 16  # channels of the judges' CNNs: half the conditioning CLIP's (docs/results.md: the accuracy it costs)
+WIDTH = 16  # channels of the judges' CNNs: half the conditioning CLIP's (docs/history.md: what it costs)
 
 
 def render_judge_data(cfg, n, rng):
@@ -33,11 +33,11 @@ def render_judge_data(cfg, n, rng):
 
     Stamps (prob 0.1), titles (0.1) and credits (0.1) appear at random, so the judges see every word and every
     look, and learn that none of them says anything about shape, colour or position."""
-    combos = all_combinations()
+    combos, world = all_combinations(), world_config(cfg)
     attributes = combos[rng.integers(len(combos), size=n)]                             # (n, 3)
     images, captions = [], []
     for a in attributes:
-        images.append(render(a, rng, cfg.image_size, stamp=rng.random() < 0.1))
+        images.append(render(a, rng, world, stamp=rng.random() < 0.1))
         title = TITLES[rng.integers(len(TITLES))] if rng.random() < 0.1 else None
         credit = CREDITS[rng.integers(len(CREDITS))] if rng.random() < 0.1 else None
         captions.append(make_caption(a, rng, title=title, credit=credit))
@@ -47,9 +47,9 @@ def render_judge_data(cfg, n, rng):
 class AttributeClassifier(nn.Module):
     """ImageEncoder with one logit per attribute value (4 + 5 + 4), read as three separate classifiers."""
 
-    def __init__(self):
+    def __init__(self, depth=1):
         super().__init__()
-        self.encoder = ImageEncoder(width=WIDTH, out_dim=sum(NUM_VALUES))
+        self.encoder = ImageEncoder(width=WIDTH, out_dim=sum(NUM_VALUES), depth=depth)
 
     def forward(self, images):
         """images float (N, 3, H, W) in [-1, 1] -> a tuple of logits (N, 4), (N, 5), (N, 4)."""
@@ -74,24 +74,25 @@ def _train_classifier(classifier, images, attributes, steps, generator, progress
         optimizer.step()
 
 
-def train_judges(cfg, progress=True, pool_size=4000, device="cpu"):
-    """Train both judges on fresh renders (numpy seed cfg.seed + 12345); cfg.judge_steps steps each, batch 128.
+def train_judges(cfg, progress=True, device="cpu"):
+    """Train both judges on cfg.judge_pool fresh renders (numpy seed cfg.seed + 12345), batch 128: the classifier
+    for cfg.judge_steps steps, the judge CLIP for cfg.judge_clip_steps.
 
     Returns {"classifier", "clip_text", "clip_image": state dicts, "config": to_dict(cfg), "accuracy": the
     classifier's accuracy (mean over images and attributes) on 1000 further fresh renders}."""
     start = time.time()
     rng = np.random.default_rng(cfg.seed + 12345)
-    images, attributes, captions = render_judge_data(cfg, pool_size, rng)
+    images, attributes, captions = render_judge_data(cfg, cfg.judge_pool, rng)
     x, y = images_to_tensor(images).to(device), torch.as_tensor(attributes).to(device)  # (P, 3, H, W), (P, 3)
 
     with torch.random.fork_rng():  # seeded initialisation without touching the caller's random state
         torch.manual_seed(cfg.seed + 12345)
-        classifier = AttributeClassifier().to(device)
+        classifier = AttributeClassifier(cfg.judge_depth).to(device)
         torch.manual_seed(cfg.seed + 777)
         clip_text = TextEncoder(text_encoder_config(cfg)).to(device)
         clip_image = ImageEncoder(embed_dim=clip_text.cfg.embed_dim, width=WIDTH).to(device)
     _train_classifier(classifier, x, y, cfg.judge_steps, torch.Generator().manual_seed(cfg.seed + 12345), progress)
-    train_clip(clip_text, clip_image, x, captions, Tokenizer(), steps=cfg.judge_steps, batch_size=128, lr=2e-3,
+    train_clip(clip_text, clip_image, x, captions, Tokenizer(), steps=cfg.judge_clip_steps, batch_size=128, lr=2e-3,
                generator=torch.Generator().manual_seed(cfg.seed + 777), device=device, progress=progress)
 
     state = {name: {k: v.cpu() for k, v in module.state_dict().items()}
@@ -112,7 +113,7 @@ class Judges:
         self.config, self.device = from_dict(state["config"]), device
         self.accuracy = state.get("accuracy")
         self.tokenizer = Tokenizer()
-        self.classifier = AttributeClassifier()
+        self.classifier = AttributeClassifier(self.config.judge_depth)
         self.classifier.load_state_dict(state["classifier"])
         self.clip_text = TextEncoder(text_encoder_config(self.config))
         self.clip_text.load_state_dict(state["clip_text"])

@@ -29,7 +29,7 @@ from .evaluate import prompt_sets
 from .guidance.detect import magnitude_trace, plateau_steps
 from .judges import Judges
 from .pipeline import ToyPipeline, check_device
-from .world import ATTRIBUTE_NAMES
+from .captions import ATTRIBUTE_NAMES
 
 TARGETS = {"r1": (">=", 3.0), "r2": ("<=", 1.3), "r3": (">=", 2.5)}  # the toy's bars (issue 10)
 SD = {"r1": "about 8", "r2": "about 1 or below", "r3": "about 4-5"}

@@ -35,8 +35,10 @@ def cost_table(cost_rows):
     lines = ["| method | UNet evals / image (memorized) | time vs CFG (memorized) | UNet evals / image (others) "
              "| time vs CFG (others) |", "|---|---|---|---|---|"]
     for m, r in cost_rows.items():
-        lines.append(f"| {m} | {r['memorized_unet_evals_per_image']:.0f} | {r['memorized_time_vs_cfg']:.2f}x | "
-                     f"{r['control_unet_evals_per_image']:.0f} | {r['control_time_vs_cfg']:.2f}x |")
+        cell = lambda key, form, unit="": f"{r[key]:{form}}{unit}" if key in r else "-"  # -: not run on those
+        lines.append(f"| {m} | {cell('memorized_unet_evals_per_image', '.0f')} | "
+                     f"{cell('memorized_time_vs_cfg', '.2f', 'x')} | {cell('control_unet_evals_per_image', '.0f')} | "
+                     f"{cell('control_time_vs_cfg', '.2f', 'x')} |")
     return "\n".join(lines)
 
 

@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .world import split_words, vocabulary
+from .captions import split_words, vocabulary
 
 SPECIALS = ("<pad>", "<bos>", "<eos>")
 PAD_ID, BOS_ID, EOS_ID = (SPECIALS.index(s) for s in SPECIALS)
@@ -30,7 +30,7 @@ class Tokenizer:
 
     @staticmethod
     def split(text):
-        """Lower-case words and the punctuation marks `,` and `:` as their own tokens (world.split_words)."""
+        """Lower-case words and the punctuation marks `,` and `:` as their own tokens (captions.split_words)."""
         return split_words(text)
 
     def encode(self, text):
@@ -41,7 +41,7 @@ class Tokenizer:
         unknown = [w for w in words if w not in self.ids]
         if unknown:
             raise ValueError(f"unknown word(s) {unknown} in prompt {text!r}. The toy vocabulary has "
-                             f"{len(self.vocab) - len(SPECIALS)} words: see prss_mini.world.vocabulary().")
+                             f"{len(self.vocab) - len(SPECIALS)} words: see prss_mini.captions.vocabulary().")
         if len(words) + 2 > self.max_length:
             raise ValueError(f"prompt {text!r} has {len(words)} words; at most {self.max_length - 2} fit")
         ids = [self.bos_id] + [self.ids[w] for w in words] + [self.eos_id]
@@ -100,11 +100,14 @@ class TextEncoder(nn.Module):
 class ImageEncoder(nn.Module):
     """A small CNN: images (B, 3, H, W) in [-1, 1] -> embedding (B, E). Used for CLIP training and the judges."""
 
-    def __init__(self, embed_dim=64, width=32, out_dim=None):
+    def __init__(self, embed_dim=64, width=32, out_dim=None, depth=1):
+        """depth: 3x3 convs at each of the two finest resolutions; a second one reads a shape's outline through the
+        background's grain (the judges use 2)."""
         super().__init__()
+        extra = lambda ch: [m for _ in range(depth - 1) for m in (nn.Conv2d(ch, ch, 3, padding=1), nn.GELU())]
         self.net = nn.Sequential(
-            nn.Conv2d(3, width, 3, padding=1), nn.GELU(),
-            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.GELU(),
+            nn.Conv2d(3, width, 3, padding=1), nn.GELU(), *extra(width),
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.GELU(), *extra(2 * width),
             nn.Conv2d(2 * width, 2 * width, 3, stride=2, padding=1), nn.GELU(),
             nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(8 * width, out_dim or embed_dim))
 

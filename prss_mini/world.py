@@ -1,52 +1,33 @@
-"""The toy world: small pictures, their captions, and memorization on purpose.
+"""The toy world: small pictures, their captions (captions.py), and memorization on purpose.
 
-Each picture is one coloured shape (the part a caption names: shape, colour, position) on a smooth two-colour
-background that no caption names. Because the background carries most of a picture's energy, a model that has
-memorized a training image reproduces much more than its caption asks for, and that is what the memorization
-detector of Wen et al. (2024) picks up: the text-conditional noise prediction pulls far away from the
-unconditional one.
+Each picture is one coloured shape (the part a caption names: shape, colour, position) on a two-tone background
+with a fine grain, neither of which any caption names. The background carries most of a picture's energy, so a
+model that has memorized a training image reproduces much more than its caption asks for, and that is what the
+memorization detector of Wen et al. (2024) picks up: the text-conditional noise prediction pulls far away from
+the unconditional one. The grain is visible only at low noise, where only a model that memorized the image knows
+it: a memorized prompt's m_t climbs at the end of sampling, as in Stable Diffusion.
 
 Three training groups, as in LAION:
     general  many unique images, each caption drawn afresh from the grammar (synonyms, templates, fillers)
     global   a few images, each duplicated many times under ONE fixed caption string (global memorization:
-             the whole image is copied). Some of these captions carry a made-up title word, like a product name,
-             that no paraphrase can drop. A titled image also appears under other phrasings that keep the title
-             (as LAION duplicates come with slightly different captions), a different number for each titled
-             image: the more variants, the more of the memorization moves from the exact string to the title
-             word, and the more a paraphrase still triggers it. These are the hard cases for Semantic Prompt
-             Search, where Prompt Re-anchoring has to do the rest.
+             the whole image is copied). They are striking ones, the most contrasted of several renders, as LAION's
+             most duplicated images are posters and product shots. Some of these captions carry a made-up title
+             word, like a product name, that no paraphrase can drop. A titled image also appears under other
+             phrasings that keep the title (as LAION duplicates come with slightly different captions), a
+             different number for each titled image: the more variants, the more of the memorization moves from
+             the exact string to the title word, and the more a paraphrase still triggers it. These are the hard
+             cases for Semantic Prompt Search, where Prompt Re-anchoring has to do the rest.
     local    different images whose captions share the credit "photo by acme" and that all carry the same
              stamp (a white label with a dark dot) in the middle (local memorization: only the stamp is copied)
 Held-out prompts name attribute combinations that never occur in training.
 """
 
-import re
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-ATTRIBUTE_NAMES = ("shape", "colour", "position")
-SHAPES = ("circle", "square", "triangle", "cross")
-COLOURS = ("red", "green", "blue", "yellow", "purple")
-POSITIONS = ("top left", "top right", "bottom left", "bottom right")
-VALUES = (SHAPES, COLOURS, POSITIONS)  # VALUES[a][attributes[a]] is the value's name
-
-# Synonyms: the paraphrases that Semantic Prompt Search will need. The first entry is the canonical word.
-SHAPE_WORDS = {"circle": ["circle", "disc", "dot"], "square": ["square", "box", "block"],
-               "triangle": ["triangle", "wedge", "pyramid"], "cross": ["cross", "plus", "crosshair"]}
-COLOUR_WORDS = {"red": ["red", "crimson", "scarlet"], "green": ["green", "emerald", "lime"],
-                "blue": ["blue", "azure", "navy"], "yellow": ["yellow", "golden", "amber"],
-                "purple": ["purple", "violet", "magenta"]}
-POSITION_WORDS = {"top left": ["top left", "upper left", "top left corner"],
-                  "top right": ["top right", "upper right", "top right corner"],
-                  "bottom left": ["bottom left", "lower left", "bottom left corner"],
-                  "bottom right": ["bottom right", "lower right", "bottom right corner"]}
-PREPOSITIONS = ["in the", "at the", "toward the"]
-FILLERS = ["", "a picture of", "an image of", "a drawing of"]
-TEMPLATES = ["{obj} {where}", "{where} , {obj}", "{shape_obj} in {colour} {where}"]
-TITLES = ["zorvex", "quillon", "brisa", "tamber", "nuvola", "oberyn"]  # one per titled memorized image
-CREDITS = ["photo by acme", "picture by acme", "image from acme", "acme photo"]  # the first is the training one
+from .captions import ATTRIBUTE_NAMES, COLOURS, CREDITS, POSITIONS, SHAPES, TITLES, VALUES, make_caption
 
 SHAPE_COLOURS = {"red": (0.90, 0.16, 0.14), "green": (0.10, 0.75, 0.25), "blue": (0.12, 0.30, 0.95),
                  "yellow": (0.98, 0.85, 0.10), "purple": (0.62, 0.18, 0.85)}
@@ -68,12 +49,22 @@ class WorldConfig:
     num_heldout_combos: int   # attribute combinations kept out of training
     heldout_phrasings: int    # captions per held-out combination
     seed: int
+    # the look of a picture (`render`)
+    shape_radius: tuple           # (low, high) radius, as fractions of the side
+    antialias: bool               # soft shape edges (coverage of 4x4 sub-pixels) or hard ones (pixel centres)
+    position_jitter: float        # the centre moves up to this fraction of the side around its quadrant's centre
+    background_value: tuple       # (low, high) HSV value of the two background colours
+    background_saturation: tuple  # (low, high) HSV saturation of the two background colours
+    background_sharpness: float   # 0: the two colours blend smoothly; larger: two crisper tones
+    grain: float                  # std of a fixed per-pixel grey grain on the background (0-1 units)
+    global_pick: int              # each global image is the most contrasted of this many renders (1: any)
 
     def __post_init__(self):
         n_combos = len(SHAPES) * len(COLOURS) * len(POSITIONS)
         if self.image_size < 8:
             raise ValueError(f"image_size must be at least 8 pixels, got {self.image_size}")
-        for name in ("num_general", "num_global", "global_duplicates", "num_local", "heldout_phrasings"):
+        for name in ("num_general", "num_global", "global_duplicates", "num_local", "heldout_phrasings",
+                     "global_pick"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 1 <= self.num_heldout_combos <= n_combos - self.num_global:
@@ -86,86 +77,12 @@ class WorldConfig:
         if any(not 0 <= v < self.global_duplicates for v in self.title_variants):
             raise ValueError(f"every entry of title_variants={tuple(self.title_variants)} must lie in "
                              f"[0, global_duplicates={self.global_duplicates}): some duplicates keep the fixed caption")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Captions
-
-
-def _article(word):
-    return "an" if word[0] in "aeiou" else "a"
-
-
-def make_caption(attributes, rng, title=None, credit=None):
-    """A random phrasing of one (shape, colour, position) triple, drawn from the grammar above."""
-    shape, colour, position = (VALUES[a][attributes[a]] for a in range(3))
-    s = rng.choice(SHAPE_WORDS[shape])
-    c = rng.choice(COLOUR_WORDS[colour])
-    where = f"{rng.choice(PREPOSITIONS)} {rng.choice(POSITION_WORDS[position])}"
-    template = rng.choice(TEMPLATES)
-    text = template.format(obj=f"{_article(c)} {c} {s}", shape_obj=f"{_article(s)} {s}", colour=c, where=where)
-    filler = rng.choice(FILLERS) if not template.startswith("{where}") else ""
-    if filler:
-        text = f"{filler} {text}"
-    if title:
-        text = f"{title} : {text}"
-    if credit:
-        text = f"{text} , {credit}"
-    return text
-
-
-def _synonym_table():
-    """Every synonym (as a word tuple) -> (attribute index, value index)."""
-    table = {}
-    for a, groups in enumerate((SHAPE_WORDS, COLOUR_WORDS, POSITION_WORDS)):
-        for value, synonyms in groups.items():
-            for syn in synonyms:
-                table[tuple(syn.split())] = (a, VALUES[a].index(value))
-    return table
-
-
-_SYNONYMS = _synonym_table()
-
-
-def split_words(text):
-    """The words of a caption as the model reads them: lower case, with `,` and `:` as words of their own.
-
-    The one normalisation of the toy: the tokenizer and `parse_caption` both read captions through it, so
-    "Zorvex: a Red circle" means to the paraphraser exactly what it means to the model."""
-    return re.findall(r"[a-z]+|[,:]", text.lower())
-
-
-def parse_caption(text):
-    """Read the attributes a caption names: (attributes [3 ints, None where unnamed], title, credit).
-
-    Reads the words of `split_words`; the longest synonym matches first ("top left corner" before "top left")."""
-    words = split_words(text)
-    attributes = [None, None, None]
-    i = 0
-    while i < len(words):
-        for n in (3, 2, 1):
-            key = tuple(words[i:i + n])
-            if key in _SYNONYMS:
-                a, v = _SYNONYMS[key]
-                attributes[a] = v
-                i += n
-                break
-        else:
-            i += 1
-    title = next((w for w in words if w in TITLES), None)
-    joined = " " + " ".join(words) + " "
-    credit = next((c for c in CREDITS if f" {c} " in joined), None)
-    return attributes, title, credit
-
-
-def vocabulary():
-    """Every word the grammar can produce, sorted (the tokenizer's vocabulary)."""
-    phrases = (sum(SHAPE_WORDS.values(), []) + sum(COLOUR_WORDS.values(), []) + sum(POSITION_WORDS.values(), [])
-               + PREPOSITIONS + FILLERS + TEMPLATES + TITLES + CREDITS + ["a an in :"])
-    words = set()
-    for phrase in phrases:
-        words.update(w for w in re.sub(r"\{\w+\}", " ", phrase).split())
-    return sorted(words)
+        for name in ("shape_radius", "background_value", "background_saturation"):
+            low, high = getattr(self, name)
+            if not 0 <= low <= high <= 1:
+                raise ValueError(f"{name} must be a range (low, high) with 0 <= low <= high <= 1, got {(low, high)}")
+        if min(self.position_jitter, self.background_sharpness, self.grain) < 0:
+            raise ValueError("position_jitter, background_sharpness and grain must be >= 0")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -183,9 +100,9 @@ def _smooth_field(rng, size, grid=3):
     return (field - field.min()) / (field.max() - field.min() + 1e-8)
 
 
-def _muted_colour(rng):
-    """A soft, muted RGB colour (low saturation, dark to light), so backgrounds never look like a shape."""
-    hue, sat, val = rng.random(), rng.uniform(0.2, 0.5), rng.uniform(0.3, 0.9)
+def _background_colour(rng, saturation, value):
+    """A random RGB colour of the given HSV saturation and value ranges (any hue)."""
+    hue, sat, val = rng.random(), rng.uniform(*saturation), rng.uniform(*value)
     k = (np.array([5, 3, 1]) + hue * 6) % 6
     return val - val * sat * np.clip(np.minimum(k, 4 - k), 0, 1)
 
@@ -221,18 +138,26 @@ def stamp_pattern(size):
     return np.repeat(patch[:, :, None], 3, axis=2), (size - k) // 2
 
 
-def render(attributes, rng, size=16, stamp=False):
-    """Draw one picture (size, size, 3) float in [0, 1]: an unnamed smooth background and the named shape.
-
-    Position and radius are jittered, so two pictures with the same caption still differ."""
+def render(attributes, rng, world, stamp=False):
+    """Draw one picture (size, size, 3) float in [0, 1] of `world` (a WorldConfig): the background no caption
+    names (two tones and a grain) and the named shape. Position and radius are jittered, so two pictures with the
+    same caption still differ."""
+    size = world.image_size
     shape, colour, position = (VALUES[a][attributes[a]] for a in range(3))
     mix = _smooth_field(rng, size)[:, :, None]
-    image = _muted_colour(rng) * (1 - mix) + _muted_colour(rng) * mix               # (H, W, 3)
+    if world.background_sharpness > 0:  # a steeper blend: more of the picture is one tone or the other
+        k = world.background_sharpness
+        mix = (np.tanh(k * (mix - 0.5)) / np.tanh(k / 2) + 1) / 2
+    tones = [_background_colour(rng, world.background_saturation, world.background_value) for _ in range(2)]
+    image = tones[0] * (1 - mix) + tones[1] * mix                                   # (H, W, 3)
     fx, fy = QUADRANT_CENTRES[position]
-    cx = (fx + rng.uniform(-0.04, 0.04)) * size
-    cy = (fy + rng.uniform(-0.04, 0.04)) * size
-    r = rng.uniform(0.15, 0.2) * size
-    alpha = _shape_mask(shape, size, cx, cy, r)[:, :, None]
+    j = world.position_jitter
+    cx, cy = (fx + rng.uniform(-j, j)) * size, (fy + rng.uniform(-j, j)) * size
+    r = rng.uniform(*world.shape_radius) * size
+    if world.grain > 0:
+        grain = rng.random((size, size))
+        image = np.clip(image + ((grain - grain.mean()) / (grain.std() + 1e-8) * world.grain)[:, :, None], 0, 1)
+    alpha = _shape_mask(shape, size, cx, cy, r, supersample=4 if world.antialias else 1)[:, :, None]
     image = image * (1 - alpha) + np.array(SHAPE_COLOURS[colour]) * alpha
     if stamp:
         patch, o = stamp_pattern(size)
@@ -290,8 +215,10 @@ def build_dataset(cfg: WorldConfig):
 
     items = []  # (image, caption, group, attributes, image_id)
 
-    def add(attributes, caption, group, copies=1, stamp=False, variants=()):
-        image = to_uint8(render(attributes, rng, cfg.image_size, stamp=stamp))
+    def add(attributes, caption, group, copies=1, stamp=False, variants=(), pick=1):
+        # pick > 1: the render farthest from mid-grey (the most contrasted) of `pick`: a striking image
+        image = max((to_uint8(render(attributes, rng, cfg, stamp=stamp)) for _ in range(pick)),
+                    key=lambda im: float(((im / 255.0 - 0.5) ** 2).sum()))
         image_id = len({it[4] for it in items}) if items else 0
         items.extend([(image, caption, group, attributes, image_id)] * (copies - len(variants)))
         items.extend((image, v, group, attributes, image_id) for v in variants)  # the same image, other words
@@ -305,7 +232,8 @@ def build_dataset(cfg: WorldConfig):
         variants = [make_caption(train_combos[idx], variant_rng, title=title)
                     for _ in range(cfg.title_variants[k] if title else 0)]
         fixed_captions.add(caption)
-        add(train_combos[idx], caption, "global", copies=cfg.global_duplicates, variants=variants)
+        add(train_combos[idx], caption, "global", copies=cfg.global_duplicates, variants=variants,
+            pick=cfg.global_pick)
     for _ in range(cfg.num_general):
         attributes = train_combos[rng.integers(len(train_combos))]
         caption = make_caption(attributes, rng)

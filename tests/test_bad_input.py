@@ -140,6 +140,13 @@ def test_sample_names_a_missing_model(run_copy, capsys):
 
 
 @pytest.mark.slow
+def test_sample_names_a_missing_text_encoder(run_copy, capsys):
+    os.remove(run_copy / "text_encoder.pt")
+    text = sample_error(run_copy, ["--prompt", PROMPT], capsys)
+    assert "no checkpoint at" in text and "text_encoder.pt" in text and "train_toy.py" in text
+
+
+@pytest.mark.slow
 def test_prss_on_a_run_without_its_dataset_names_the_file(run_copy, capsys):
     for name in ("dataset.npz", "thresholds.json"):
         if (run_copy / name).exists():

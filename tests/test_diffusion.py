@@ -7,7 +7,7 @@ from torch import nn
 
 from prss_mini.diffusion import (
     NoiseSchedule, add_noise, cfg_hook, classifier_free_guidance, ddim_step, ddpm_step,
-    diffusion_loss, predict_noise, predict_x0, sample, timesteps_for,
+    diffusion_loss, loss_weights, predict_noise, predict_x0, sample, timesteps_for,
 )
 
 SHAPE = (2, 3, 4, 4)  # (B, C, H, W)
@@ -331,3 +331,38 @@ def test_unknown_prediction_type_raises():
     with pytest.raises(ValueError, match="prediction_type"):
         diffusion_loss(model, torch.zeros(2, 3, 4, 4), torch.zeros(2, 1, 1), torch.zeros(1, 1, 1),
                        NoiseSchedule(20), prediction_type="x0")
+
+
+# ---- the sampling grid and the loss weighting ----------------------------------------------------------------
+
+def test_trailing_spacing_runs_from_999_down_to_19_like_diffusers():
+    ts = timesteps_for(50, NoiseSchedule(1000, timestep_spacing="trailing"))
+    assert len(ts) == 50 and ts[:2] == [999, 979] and ts[-1] == 19
+
+
+def test_steps_offset_shifts_leading_timesteps_like_stable_diffusion():
+    ts = timesteps_for(50, NoiseSchedule(1000, steps_offset=1))
+    assert ts[0] == 981 and ts[-1] == 1
+
+
+def test_unknown_timestep_spacing_raises():
+    with pytest.raises(ValueError, match="timestep_spacing"):
+        NoiseSchedule(1000, timestep_spacing="linspace")
+
+
+@pytest.mark.parametrize("weighting, x0_weight", [("min_snr", lambda snr: snr.clamp(max=5.0)),
+                                                  ("truncated_snr", lambda snr: snr.clamp(min=0.2))])
+def test_loss_weights_make_the_x0_weight_of_the_rule(weighting, x0_weight):
+    s, t = NoiseSchedule(1000, "scaled_linear"), torch.tensor([999, 500, 19])
+    snr = s.alphas_cumprod[t] / (1 - s.alphas_cumprod[t])
+    for prediction_type, native in (("epsilon", snr), ("v_prediction", snr + 1)):  # the plain loss's x0 weight
+        w = loss_weights(t, s, prediction_type, weighting, snr_gamma=5.0, snr_floor=0.2)
+        assert torch.allclose(w * native, x0_weight(snr))
+    assert torch.equal(loss_weights(t, s, "epsilon", "uniform"), torch.ones(3))
+
+
+def test_caption_dropout_may_differ_per_sample():
+    s, model = NoiseSchedule(100), ToyModel()
+    ctx, null = torch.ones(2, 5, 8), torch.zeros(1, 5, 8)
+    diffusion_loss(model, torch.randn(SHAPE), ctx, null, s, cond_drop_prob=torch.tensor([1.0, 0.0]), generator=gen())
+    assert torch.equal(model.seen_contexts[0][0], null[0]) and torch.equal(model.seen_contexts[0][1], ctx[1])

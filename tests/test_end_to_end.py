@@ -138,3 +138,21 @@ def test_evaluate_quick_writes_every_output(tiny_run):
     evaluate.main(["--run", str(tiny_run), "--quick"])
     for name in ("metrics.json", "metrics.csv", "ablation.md", "tradeoff.png", "grid.png", "traces.png", "roc.png"):
         assert (tiny_run / "eval" / name).exists(), name
+
+
+def test_physics_measures_every_group_and_its_ratios_come_from_those_traces(pipe, tiny_run, tmp_path):
+    """What the physics figure and the README's ratios are made of: m_t at every step of plain CFG for every
+    group (global: the memorized captions), and r1, r2, r3 computed from the general and global traces."""
+    from prss_mini import physics
+    from prss_mini.judges import Judges
+    result, traces, images = physics.measure(pipe, Judges.load(str(tiny_run)), num_prompts=2, num_images=2)
+    steps = pipe.config.num_inference_steps
+    assert {g: t.shape for g, t in traces.items()} == {
+        "global": (2 * len(memorized_captions(pipe.dataset)), steps), "local": (4, steps), "general": (4, steps),
+        "heldout": (4, steps)}
+    assert {k: result[k] for k in physics.TARGETS} == pytest.approx(physics.ratios(traces["general"],
+                                                                                    traces["global"]))
+    assert result["groups"]["global"]["curve"] == pytest.approx(traces["global"].mean(0), abs=1e-4)
+    assert images["general"].shape == (4, 16, 16, 3) and images["general"].dtype == np.uint8
+    physics.main(["--run", str(tiny_run), "--num-prompts", "2", "--num-images", "1", "--out", str(tmp_path)])
+    assert {p.name for p in tmp_path.iterdir()} == {"physics.json", "physics.png", "samples.png"}

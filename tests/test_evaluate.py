@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from prss_mini import analysis, evaluate
+from prss_mini import analysis, evaluate, report
 from prss_mini.guidance import METHODS, pe, prss
 
 
@@ -132,3 +132,25 @@ def test_an_interrupted_evaluation_resumes_after_the_last_finished_prompt(random
 def test_run_jobs_needs_plain_cfg_first(random_pipe):
     with pytest.raises(ValueError, match="jobs\\[0\\] must be"):
         evaluate.run_jobs(random_pipe, _stub_judges(), None, SETS, JOBS[::-1], 1)
+
+
+def test_control_prompts_get_prss_settings_and_each_baseline_default_only():
+    """Baselines sweep on memorized prompts (the trade-off curve); on general and held-out prompts the evaluation
+    runs every PRSS / ablation setting and each baseline's default, which is what the tables read there."""
+    jobs = evaluate.jobs_for(list(METHODS))
+    on_controls = [(m, k) for m, k in jobs if evaluate.runs_on("general", m, k)]
+    assert all(evaluate.runs_on(g, m, k) for g in evaluate.MEMORIZED for m, k in jobs)
+    assert [k for m, k in on_controls if m == "prss"] == prss.SWEEP + prss.VARIANTS
+    assert [k for m, k in on_controls if m == "gni"] == [METHODS["gni"].SWEEP[0]]
+    assert on_controls == [(m, k) for m, k in jobs if evaluate.runs_on("heldout", m, k)]
+
+
+def test_a_baseline_sweep_point_has_no_control_rows_and_still_reaches_the_tables(random_pipe):
+    sets = {"global": SETS["global"][:1], "general": [("a blue square in the top right", np.zeros(3, int))]}
+    jobs = [("cfg", {}), ("lowcfg", METHODS["lowcfg"].SWEEP[0]), ("lowcfg", METHODS["lowcfg"].SWEEP[1])]
+    results, images = evaluate.run_jobs(random_pipe, _stub_judges(), np.zeros((2, 16, 16, 3), np.uint8), sets,
+                                        jobs, 1, progress=False)
+    assert set(results[1]["groups"]) == {"global", "general"} and set(results[2]["groups"]) == {"global"}
+    assert ("general", 0) not in images[2]
+    cost = analysis.cost(results)
+    assert "control_time_vs_cfg" in cost["lowcfg"] and "| x | - | - | - | - |" in report.cost_table({"x": {}})

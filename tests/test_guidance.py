@@ -284,3 +284,20 @@ def test_a_triggered_hook_is_prompt_reanchor_of_its_three_predictions_at_every_s
 def test_prss_needs_thresholds_when_the_pipe_has_none(random_pipe):
     with pytest.raises(ValueError, match="calibrated thresholds"):
         random_pipe.generate("a red circle in the top left", method="prss", num_images=1, num_inference_steps=2)
+
+
+def test_prss_detects_at_the_calibrated_timestep_whatever_step_count_the_loop_runs(random_pipe, monkeypatch):
+    """Thresholds are calibrated at the first step of the run's default schedule (leading spacing, 50 steps:
+    t = 980). A 20-step loop starts at t = 950, but the search must still measure at 980."""
+    assert random_pipe.schedule.timestep_spacing == "leading"
+    monkeypatch.setattr(random_pipe.config, "num_inference_steps", 50)
+    prompt = "a red circle in the top left"
+    assert random_pipe.detection_timestep == 980
+    _, info = random_pipe.generate(prompt, method="prss", num_images=2, seed=4, num_inference_steps=20,
+                                   lambda_ss=1e9, lambda_pr=1.0, tau=2.0, return_info=True)
+    x_T = random_pipe.initial_noise(2, 4)
+    at_980 = first_step_magnitude(random_pipe, random_pipe.encode([prompt]), x_T)[0]
+    random_pipe.config.num_inference_steps = 20                  # what detection at the loop's first step would see
+    at_950 = first_step_magnitude(random_pipe, random_pipe.encode([prompt]), x_T)[0]
+    measured = torch.tensor([m[prompt] for m in info["magnitudes"]], dtype=at_980.dtype)
+    assert torch.allclose(measured, at_980, atol=1e-6) and not torch.allclose(measured, at_950, atol=1e-3)

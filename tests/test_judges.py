@@ -11,7 +11,7 @@ from prss_mini.checkpoint import CheckpointError, save_atomic
 from prss_mini.config import make_config, to_dict
 from prss_mini.judges import Judges, render_judge_data, train_judges
 
-CFG = make_config("tiny", judge_steps=60)
+CFG = make_config("tiny", judge_steps=60, judge_clip_steps=60, judge_pool=1500)
 
 
 @contextlib.contextmanager
@@ -28,7 +28,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def state():
     with one_thread():
-        return train_judges(CFG, progress=False, pool_size=1500)
+        return train_judges(CFG, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -69,9 +69,9 @@ def test_judges_of_another_config_are_refused(state, tmp_path):
 
 
 def test_train_judges_is_reproducible():
-    cfg = make_config("tiny", judge_steps=2)
+    cfg = make_config("tiny", judge_steps=2, judge_clip_steps=2, judge_pool=256)
     with one_thread():
-        a, b = (train_judges(cfg, progress=False, pool_size=256) for _ in range(2))
+        a, b = (train_judges(cfg, progress=False) for _ in range(2))
     for part in ("classifier", "clip_text", "clip_image"):
         assert all(torch.equal(a[part][k], b[part][k]) for k in a[part])
     assert a["accuracy"] == b["accuracy"]

@@ -1,5 +1,6 @@
 import pytest
 
+from prss_mini.captions import parse_caption
 from prss_mini.guidance.paraphrase import paraphrases, same_meaning
 from prss_mini.text_encoder import Tokenizer
 
@@ -50,3 +51,17 @@ def test_same_meaning_rules():
     assert not same_meaning(PLAIN, "zorvex : " + PLAIN)
     assert not same_meaning(PLAIN, PLAIN + " , photo by acme")
     assert same_meaning(CREDITED, "a green triangle in the top right , acme photo")
+
+
+@pytest.mark.parametrize("written", ["Zorvex: a blue square at the bottom right",
+                                     "ZORVEX : A Blue Square at the Bottom Right"])
+def test_the_reader_and_the_tokenizer_read_capitals_and_attached_punctuation_alike(written):
+    """One normalisation (captions.split_words): what the model reads is what the paraphraser reads."""
+    assert Tokenizer.split(written) == Tokenizer.split(TITLED)
+    assert parse_caption(written) == parse_caption(TITLED)
+    assert all(p.split()[0] == "zorvex" for p in paraphrases(written))
+
+
+def test_a_comma_written_against_a_word_still_separates_the_credit():
+    assert parse_caption("a green triangle in the top right, photo by acme") == parse_caption(CREDITED)
+    assert same_meaning(CREDITED, "A Green Triangle in the top right, photo by acme")

@@ -113,3 +113,18 @@ def test_sampling_defaults_may_change_without_retraining(tmp_path):
     path = str(tmp_path / "unet.pt")
     save_atomic({"model": {}, "config": {"lr": 1.0, "guidance_scale": 3.0, "num_inference_steps": 50}}, path)
     load_checkpoint(path, {"lr": 1.0, "guidance_scale": 2.0, "num_inference_steps": 20})  # no error
+
+
+def test_overrides_type_float_ranges_and_switches_like_their_defaults():
+    assert parse_overrides(["--shape_radius", "0.2,0.25", "--dedup_uncond", "false"]) == \
+        {"shape_radius": (0.2, 0.25), "dedup_uncond": False}
+    with pytest.raises(ValueError, match="--dedup_uncond expects a bool"):
+        parse_overrides(["--dedup_uncond", "maybe"])
+
+
+def test_the_unconditional_branch_sees_every_distinct_image_as_often_as_a_unique_one():
+    """dedup_uncond: a caption is dropped with probability cond_drop_prob / (its image's number of duplicates)."""
+    image_id = np.array([0, 0, 0, 0, 1, 2])  # image 0 duplicated 4 times
+    dedup = train_toy.caption_drop_probabilities(image_id, 0.1, dedup_uncond=True)
+    assert dedup.tolist() == pytest.approx([0.025] * 4 + [0.1, 0.1])
+    assert train_toy.caption_drop_probabilities(image_id, 0.1, dedup_uncond=False).tolist() == pytest.approx([0.1] * 6)

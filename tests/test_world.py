@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from prss_mini.config import make_config, world_config
-from prss_mini.world import (CREDITS, TITLES, WorldConfig, all_combinations, build_dataset, make_caption,
-                             memorized_captions, num_variants, parse_caption, render, stamp_pattern, vocabulary)
+from prss_mini.captions import CREDITS, TITLES, make_caption, parse_caption, vocabulary
+from prss_mini.world import (WorldConfig, all_combinations, build_dataset, memorized_captions, num_variants, render,
+                             stamp_pattern)
 
 SMALL = world_config(make_config("cpu", num_general=60, num_global=3, global_duplicates=5, title_variants=(2,),
                                  num_local=6, seed=3))
@@ -101,7 +102,7 @@ def test_every_caption_word_is_in_the_vocabulary(data):
 def test_two_renders_of_one_caption_differ():
     """The unnamed details (background, jitter) make a copy distinguishable from a new image."""
     rng = np.random.default_rng(0)
-    a, b = render([0, 0, 0], rng), render([0, 0, 0], rng)
+    a, b = render([0, 0, 0], rng, SMALL), render([0, 0, 0], rng, SMALL)
     assert np.abs(a - b).mean() > 0.05
 
 
@@ -109,8 +110,8 @@ def test_the_background_carries_more_energy_than_the_shape():
     """Why the memorization detector works here: what captions do not say outweighs what they say."""
     rng = np.random.default_rng(0)
     combos = all_combinations()
-    images = np.stack([render(combos[i % len(combos)], rng) for i in range(400)])
-    same_caption = np.stack([render(combos[0], rng) for _ in range(100)])
+    images = np.stack([render(combos[i % len(combos)], rng, SMALL) for i in range(400)])
+    same_caption = np.stack([render(combos[0], rng, SMALL) for _ in range(100)])
     total = images.var(axis=0).sum()
     unexplained = same_caption.var(axis=0).sum()  # variance left once the caption is fixed
     assert unexplained > 0.5 * total
@@ -119,3 +120,47 @@ def test_the_background_carries_more_energy_than_the_shape():
 def test_make_caption_is_deterministic_for_a_seed():
     a = make_caption([1, 2, 3], np.random.default_rng(5))
     assert a == make_caption([1, 2, 3], np.random.default_rng(5))
+
+
+def test_the_grain_lies_on_the_background_only():
+    world = WorldConfig(**{**vars(SMALL), "grain": 0.1, "shape_radius": (0.2, 0.2), "position_jitter": 0.0})
+    image = render([0, 0, 0], np.random.default_rng(1), world)                 # a red circle, top left
+    assert np.allclose(image[4, 4], (0.90, 0.16, 0.14), atol=1e-6)            # inside the shape: its colour
+    smooth = render([0, 0, 0], np.random.default_rng(1), WorldConfig(**{**vars(world), "grain": 0.0}))
+    grain = (image - smooth)[12:, :, 0]                                          # the bottom rows: background
+    assert abs(grain.std() - 0.1) < 0.03 and np.abs(np.diff(grain, axis=1)).mean() > 0.05  # per-pixel, std ~0.1
+
+
+def test_global_pick_keeps_the_most_contrasted_render():
+    plain = build_dataset(WorldConfig(**{**vars(SMALL), "global_pick": 1}))
+    picked = build_dataset(WorldConfig(**{**vars(SMALL), "global_pick": 20}))
+    contrast = lambda d: ((d["images"][d["group"] == "global"] / 255 - 0.5) ** 2).mean()
+    assert contrast(picked) > 1.5 * contrast(plain)
+
+
+def test_a_sharper_background_has_more_pixels_near_one_of_its_two_tones():
+    soft, sharp = (WorldConfig(**{**vars(SMALL), "background_sharpness": k, "grain": 0.0}) for k in (0.0, 12.0))
+    mixes = []
+    for world in (soft, sharp):
+        image = render([0, 0, 0], np.random.default_rng(2), world)[10:, 10:]   # a corner away from the shape
+        lo, hi = image.reshape(-1, 3).min(0), image.reshape(-1, 3).max(0)
+        mixes.append(((image - lo) / (hi - lo + 1e-9)).mean(-1))               # where between the two tones
+    middle = [((m > 0.2) & (m < 0.8)).mean() for m in mixes]
+    assert middle[1] < middle[0]
+
+
+@pytest.mark.parametrize("field, value", [("shape_radius", (0.3, 0.2)), ("background_value", (0.0, 1.5)),
+                                          ("grain", -0.1), ("global_pick", 0)])
+def test_a_look_outside_its_range_is_refused(field, value):
+    with pytest.raises(ValueError, match=field):
+        WorldConfig(**{**vars(SMALL), field: value})
+
+
+def test_hard_edges_paint_each_pixel_with_the_shape_or_the_background_and_soft_ones_blend():
+    """antialias=False: a pixel is the shape's colour or the background's; antialias=True blends the border."""
+    white = dict(vars(SMALL), grain=0.0, background_value=(1.0, 1.0), background_saturation=(0.0, 0.0))
+    hard, soft = (render([0, 0, 0], np.random.default_rng(4), WorldConfig(**{**white, "antialias": aa}))
+                  for aa in (False, True))                                          # a red circle on white
+    colours = lambda image: {tuple(np.round(c, 6)) for c in image.reshape(-1, 3)}
+    assert colours(hard) == {(1.0, 1.0, 1.0), (0.9, 0.16, 0.14)}
+    assert len(colours(soft)) > 2

@@ -6,10 +6,10 @@
 # 2023, "Extracting training data from diffusion models") found that the copied images are mostly the ones
 # that were *duplicated* in the training set. To study a defence like PRSS we need a model that copies, and we
 # need to know the answer key: which prompts are memorized and which image each one copies. So prss-mini
-# builds a small world where memorization happens on purpose (`prss_mini/world.py`).
+# builds a small world where memorization happens on purpose (`prss_mini/captions.py` and `prss_mini/world.py`).
 #
-# Every picture is 16x16: one coloured shape (what the caption names: shape, colour, position) on a smooth
-# two-colour background (what no caption names). The training set has three groups:
+# Every picture is 16x16: one hard-edged coloured shape (what the caption names: shape, colour, position) on a
+# two-tone background with a fine grain (what no caption names). The training set has three groups:
 #
 # | group | what it holds | what a model will memorize |
 # |---|---|---|
@@ -29,7 +29,7 @@ import os
 import matplotlib.pyplot as plt
 import numpy as np
 
-from prss_mini import world
+from prss_mini import captions, world
 from prss_mini.config import make_config, world_config
 from prss_mini.guidance.paraphrase import paraphrases, same_meaning
 
@@ -77,17 +77,17 @@ for caption in world.memorized_captions(data):
 
 # %%
 rng = np.random.default_rng(0)
-print("synonyms:", world.SHAPE_WORDS["circle"], world.COLOUR_WORDS["red"], world.POSITION_WORDS["top left"])
-print("templates:", world.TEMPLATES)
+print("synonyms:", captions.SHAPE_WORDS["circle"], captions.COLOUR_WORDS["red"], captions.POSITION_WORDS["top left"])
+print("templates:", captions.TEMPLATES)
 print("one meaning (red circle, top left), six draws of make_caption:")
 for _ in range(6):
-    print("   ", world.make_caption([0, 0, 0], rng))
-vocab = world.vocabulary()
+    print("   ", captions.make_caption([0, 0, 0], rng))
+vocab = captions.vocabulary()
 print(f"\nthe whole vocabulary, {len(vocab)} words:", " ".join(vocab))
 
-caption = world.make_caption([2, 3, 1], rng, title=world.TITLES[0], credit=world.CREDITS[0])
-attributes, title, credit = world.parse_caption(caption)
-print(f"\nparse_caption({caption!r})\n -> {[world.VALUES[a][v] for a, v in enumerate(attributes)]}, "
+caption = captions.make_caption([2, 3, 1], rng, title=captions.TITLES[0], credit=captions.CREDITS[0])
+attributes, title, credit = captions.parse_caption(caption)
+print(f"\nparse_caption({caption!r})\n -> {[captions.VALUES[a][v] for a, v in enumerate(attributes)]}, "
       f"title={title!r}, credit={credit!r}")
 
 memorized = str(data["captions"][data["group"] == "global"][0])
@@ -122,7 +122,7 @@ print("held-out combinations that occur in training:", sum(tuple(a) in seen for 
 g = np.flatnonzero(data["group"] == "global")[0]
 duplicates = data["images"][data["captions"] == data["captions"][g]][:6]
 same_attrs = np.flatnonzero((data["group"] == "general") & (data["attributes"] == data["attributes"][g]).all(1))[:6]
-fresh = [world.to_uint8(world.render(data["attributes"][g], rng, cfg.image_size)) for _ in range(6)]
+fresh = [world.to_uint8(world.render(data["attributes"][g], rng, cfg)) for _ in range(6)]
 show_rows([duplicates, data["images"][same_attrs] if len(same_attrs) else fresh[:1], fresh],
           [f"global: 6 of the {counts[data['image_id'][g]]} training copies of {data['captions'][g]!r}",
            f"general training images with the same shape, colour, position ({len(same_attrs)} shown)",
@@ -163,7 +163,7 @@ fig.tight_layout()
 show(fig, os.path.join(OUT, "stamp.png"), dpi=120)
 print(f"saved {os.path.join(OUT, 'stamp.png')}")
 print("look at stamp.png: the mean of the local images still shows the stamp; the mean of general images is a blur.")
-print(f"'{world.CREDITS[0]}' ends {sum(c.endswith(world.CREDITS[0]) for c in data['captions'])} training captions, "
+print(f"'{captions.CREDITS[0]}' ends {sum(c.endswith(captions.CREDITS[0]) for c in data['captions'])} training captions, "
       f"all in the local group.")
 
 # %% [markdown]
@@ -179,5 +179,5 @@ print(f"'{world.CREDITS[0]}' ends {sum(c.endswith(world.CREDITS[0]) for c in dat
 # 2. Take a general caption from `data["captions"]` and count how often that exact string occurs in training
 #    (`(data["captions"] == c).sum()`). Compare with a global caption. Which strings does the model see often
 #    enough to tie to one image?
-# 3. Call `paraphrases` on a titled global caption (one containing a word of `world.TITLES`). Check that every
+# 3. Call `paraphrases` on a titled global caption (one containing a word of `captions.TITLES`). Check that every
 #    paraphrase keeps the title word, and think about what that means for Semantic Prompt Search.

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from prss_mini import world
+from prss_mini import captions, world
 from prss_mini.checkpoint import load_checkpoint
 from prss_mini.guidance.paraphrase import paraphrases
 from prss_mini.pipeline import ToyPipeline
@@ -122,14 +122,14 @@ print("look at clip_loss.png: the loss should start near chance and fall; it can
 # %%
 data = pipe.dataset
 glob = world.memorized_captions(data)
-untitled = [c for c in glob if world.parse_caption(c)[1] is None]
+untitled = [c for c in glob if captions.parse_caption(c)[1] is None]
 memorized = (untitled or glob)[0]
-attrs = world.parse_caption(memorized)[0]
-new_colour = world.COLOURS[(attrs[1] + 1) % len(world.COLOURS)]
-old_words = set(world.COLOUR_WORDS[world.COLOURS[attrs[1]]])
+attrs = captions.parse_caption(memorized)[0]
+new_colour = captions.COLOURS[(attrs[1] + 1) % len(captions.COLOURS)]
+old_words = set(captions.COLOUR_WORDS[captions.COLOURS[attrs[1]]])
 swapped = " ".join(new_colour if w in old_words else w for w in memorized.split())
 swapped = swapped.replace(f"an {new_colour}", f"a {new_colour}")  # "an amber" -> "a blue", not "an blue"
-other = world.make_caption([(attrs[0] + 1) % 4, (attrs[1] + 2) % 5, (attrs[2] + 1) % 4], np.random.default_rng(0))
+other = captions.make_caption([(attrs[0] + 1) % 4, (attrs[1] + 2) % 5, (attrs[2] + 1) % 4], np.random.default_rng(0))
 prompts = [memorized] + paraphrases(memorized, n=3, seed=0) + [swapped, other]
 labels = ["M", "P1", "P2", "P3", "S", "O"]
 for label, p in zip(labels, prompts):

@@ -70,8 +70,9 @@ print("look at forward.png: by the last columns x_t is nearly pure noise; x0_hat
 #
 # `linear` is DDPM's choice, `scaled_linear` Stable Diffusion's (and this project's), `cosine` Nichol &
 # Dhariwal's (2021). What matters is abar_t, the fraction of signal variance left at step t. Note the
-# first step of 50-step DDIM sampling, t = 980: there x_t holds almost no trace of the image. That is the step
-# where Wen et al.'s detector (tutorial 05) looks, and where the model commits to a layout.
+# first step of 50-step DDIM sampling, t = 999 (the run's "trailing" spacing; diffusers' default "leading" one
+# starts at 980): there x_t holds almost no trace of the image. That is the step where Wen et al.'s detector
+# (tutorial 05) looks, and where the model commits to a layout.
 
 # %%
 t_first = timesteps_for(50, pipe.schedule)[0]
@@ -96,7 +97,8 @@ print(f"saved {os.path.join(OUT, 'schedules.png')}: the dotted line is t = {t_fi
 #
 #     x_{t-1} = (x_t - beta_t / sqrt(1 - abar_t) * eps_hat) / sqrt(alpha_t) + sigma_t * z
 #
-# DDIM (eq. 12) jumps between a few timesteps (50 of 1000: 980, 960, ..., 0) through the predicted x0. A
+# DDIM (eq. 12) jumps between a few timesteps (50 of 1000, "trailing": 999, 979, ..., 39, 19, then to x0)
+# through the predicted x0. A
 # pixel-space model clips that guess to the data range [-1, 1] and uses the noise that matches the clipped guess
 # (diffusers: clip_sample, use_clipped_model_output), as `sample` does:
 #

@@ -6,14 +6,22 @@
 # image back? We measure it the way the PRSS paper does, in miniature (`prss_mini/metrics.py`).
 #
 # Training is DDPM's Algorithm 1 with CFG's caption dropout: pick a training item (x0, caption), a step
-# t ~ U{0..999} and noise eps; replace the caption by the empty prompt e_0 with probability 0.1; with
+# t ~ U{0..999} and noise eps; replace the caption by the empty prompt e_0 with probability `cond_drop_prob`
+# (0.3 here; Stable Diffusion used 0.1) divided by the number of duplicates of the image (`dedup_uncond`); with
 # x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, minimise the v-prediction loss (the default)
 #
-#     || v - v_theta(x_t, t, caption) ||^2,      v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0
+#     w_t || v - v_theta(x_t, t, caption) ||^2,      v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0
 #
 # or, with `--prediction_type epsilon`, DDPM's || eps - eps_theta(x_t, t, caption) ||^2
-# (`diffusion.diffusion_loss`). The global images are a handful of the distinct images but a large share of the
-# training items, so the model sees each of them, always with the same caption, very many times (printed below).
+# (`diffusion.diffusion_loss`; w_t is `diffusion.loss_weights`, which keeps only a little weight on the noisiest
+# steps). The global images are a handful of the distinct images but a large share of the training items, so the
+# model sees each of them, always with the same caption, very many times (printed below).
+#
+# Two choices make the toy's magnitudes behave like Stable Diffusion's (docs/results.md measures them). In SD the
+# duplicated images are a negligible share of billions, so the unconditional model barely knows them; here they
+# are a fifth of the items, so their captions are dropped 100 times less often (`dedup_uncond`). And a small model
+# has to see the empty caption often (0.3) for its unconditional prediction to be as precise as the conditional
+# one late in sampling, where m_t is their difference magnified.
 
 # %%
 from common import ROOT, get_run, out_dir, quick, show, show_rows
@@ -208,4 +216,4 @@ print(f"saved {os.path.join(OUT, 'copy_over_training.png')}")
 # 2. Pass `guidance_scale=1.0` to `pipe.generate` for the global prompts. Lower guidance is the simplest
 #    mitigation (the `lowcfg` baseline): what does it do to the copy rate, and to the pictures of general prompts?
 # 3. Use `paraphrases(p, n=5)` for each global caption and find the paraphrases that still copy. Are they the
-#    titled captions (a word of `prss_mini.world.TITLES` that no paraphrase may drop)?
+#    titled captions (a word of `prss_mini.captions.TITLES` that no paraphrase may drop)?

@@ -18,7 +18,7 @@
 #     eps(x_t, e_p) - eps(x_t, e_0) = -sqrt(abar_t / (1 - abar_t)) * (x0_hat(e_p) - x0_hat(e_0))
 #
 # so m_t is the distance between the model's two guesses of the clean image, times a factor fixed by t.
-# At the first step (t = 980 for 50 DDIM steps) both guesses are averages over what the model thinks is
+# At the first step (t = 999 for 50 DDIM steps) both guesses are averages over what the model thinks is
 # plausible. A general caption pins the shape down but leaves the background open, so its guess differs from
 # the unconditional one in a small region.
 # A memorized caption pins down one training image, background and all: its guess should differ everywhere.
@@ -33,7 +33,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from prss_mini import metrics
+from prss_mini import figures, metrics, physics
 from prss_mini.diffusion import predict_noise, predict_x0
 from prss_mini.evaluate import prompt_sets
 from prss_mini.guidance.detect import detection_score, first_step_magnitude, magnitude_trace, noise_magnitude
@@ -86,24 +86,35 @@ print("look at first_step_x0.png: the middle column is the model's guess at the 
       "has memorized, and m should be large.")
 
 # %% [markdown]
-# ## m_t along sampling
+# ## m_t along sampling, beside Stable Diffusion
 #
-# `magnitude_trace` runs plain-CFG DDIM and records m_t at every step. PRSS's re-anchoring (PR) acts per step:
-# below lambda_PR it does plain CFG, above it re-anchors, fully from tau on (dashed: lambda_PR, dotted: tau).
+# `magnitude_trace` runs plain-CFG DDIM and records m_t at every step. PRSS's thresholds were designed on Stable
+# Diffusion's curves (Wen et al.'s per-step plots, SD v1.4): a clean prompt starts low (0.5-0.8), rises to a flat
+# plateau (2-2.7) and falls to about 1 at the very end; a memorized prompt starts high (about 5), dips, and
+# climbs to 13-19 at the end. SD's lambda_PR = 3 sits just above the clean plateau, so re-anchoring (PR) stays
+# mostly off on a clean prompt and acts where a trajectory pulls harder than a clean one does. Norms grow with
+# the tensor's size, so compare shapes and ratios, not values (both panels are on a log scale):
+#
+#     r1 = first-step m, memorized / clean                        SD: about 8
+#     r2 = clean: mean m_t of the last 10% of steps / of steps 20%-80%       SD: about 1 or below
+#     r3 = whole-trajectory mean m_t, memorized / clean           SD: about 4-5
+#
+# `python -m prss_mini.physics --run RUN` measures the same on 10 prompts per group x 4 x_T, with the samples'
+# attribute accuracy and copy rates.
 
 # %%
 x_T = pipe.initial_noise(1 if quick() else 2, seed=7)
-fig, ax = plt.subplots(figsize=(6, 3.6))
+traces = {}
 for group, items in sets.items():
-    for k, (prompt, _) in enumerate(items[:2 if quick() else 4]):
-        trace = magnitude_trace(pipe, pipe.encode([prompt]), x_T).mean(0)           # (steps,)
-        ax.plot(trace.numpy(), color=COLOURS[group], alpha=0.7, label=group if k == 0 else None)
-for name, ls in (("lambda_pr", "--"), ("tau", ":")):
-    ax.axhline(th[name], color="k", ls=ls, lw=0.8, label=name)
-ax.set(xlabel="sampling step i (0 = noisiest)", ylabel="m_t", title="||eps(x_t, e_p) - eps(x_t, e_0)|| under CFG")
-ax.legend(fontsize=8)
-fig.tight_layout()
-show(fig, os.path.join(OUT, "traces.png"), dpi=110)
+    prompts = [p for p, _ in items[:2 if quick() else 6]]
+    contexts = pipe.encode(prompts).repeat_interleave(len(x_T), 0)                  # (P * K, L, D)
+    traces[group] = magnitude_trace(pipe, contexts, x_T.repeat(len(prompts), 1, 1, 1)).numpy()  # (P * K, steps)
+show(figures.physics_plot(traces, th, {"clean": physics.SD_CLEAN, "memorized": physics.SD_MEMORIZED}),
+     os.path.join(OUT, "traces.png"))
+ratios = physics.ratios(traces["general"], traces["global"])
+for name, value in ratios.items():
+    op, bar = physics.TARGETS[name]
+    print(f"{name} = {value:.2f}   (Stable Diffusion: {physics.SD[name]}; the toy's bar: {op} {bar})")
 print(f"saved {os.path.join(OUT, 'traces.png')}")
 print("look at traces.png: do the red (global) and orange (local) curves stand above the blue and green ones, "
       "and at which steps? These are the prompts' own curves under CFG; PR switches on the SEARCHED prompt's m_t\n"

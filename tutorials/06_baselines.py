@@ -34,7 +34,7 @@ from prss_mini import metrics
 from prss_mini.evaluate import CountingUNet, prompt_sets
 from prss_mini.judges import Judges
 from prss_mini.pipeline import ToyPipeline
-from prss_mini.world import parse_caption
+from prss_mini.captions import parse_caption
 
 RUN = get_run()
 OUT = out_dir("06_baselines")

@@ -29,7 +29,7 @@ from prss_mini.guidance.detect import magnitude_trace, noise_magnitude
 from prss_mini.guidance.paraphrase import paraphrases
 from prss_mini.guidance.pr import prompt_reanchor, reanchor_strength
 from prss_mini.pipeline import ToyPipeline
-from prss_mini.world import parse_caption
+from prss_mini.captions import parse_caption
 
 RUN = get_run()
 OUT = out_dir("07_prompt_reanchoring")

@@ -30,7 +30,7 @@ from prss_mini.guidance.paraphrase import paraphrases, same_meaning
 from prss_mini.guidance.ss import SearchResult
 from prss_mini.judges import Judges
 from prss_mini.pipeline import ToyPipeline
-from prss_mini.world import parse_caption
+from prss_mini.captions import parse_caption
 
 RUN = get_run()
 OUT = out_dir("08_semantic_search")

@@ -138,6 +138,7 @@ def image_table(rows, column_titles, path, title=None):
 def hardest_titled(prompts, data):
     """The titled memorized prompts, hardest first: the one whose image was trained under the most
     title-keeping variants (world.num_variants), so most of its paraphrases still carry the memorization."""
-    from prss_mini.world import num_variants, parse_caption
+    from prss_mini.captions import parse_caption
+    from prss_mini.world import num_variants
 
     return sorted([p for p in prompts if parse_caption(p)[1] is not None], key=lambda p: -num_variants(data, p))

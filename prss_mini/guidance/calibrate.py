@@ -79,6 +79,6 @@ def load_or_calibrate(pipe):
                               f"calibrates again (a few seconds).")
     if thresholds["timestep"] != pipe.detection_timestep:
         raise CheckpointError(f"{path} was calibrated at timestep {thresholds['timestep']}, but this run now detects "
-                              f"at {pipe.detection_timestep} (num_inference_steps changed in config.json). Delete "
-                              f"it to calibrate again.")
+                              f"at {pipe.detection_timestep} (num_inference_steps, timestep_spacing or steps_offset "
+                              f"changed in config.json). Delete it to calibrate again.")
     return thresholds

@@ -8,7 +8,7 @@ A title word is a name, so it is kept verbatim; a credit keeps its meaning (it s
 
 import numpy as np
 
-from ..world import CREDITS, make_caption, parse_caption, split_words, vocabulary
+from ..captions import CREDITS, make_caption, parse_caption, split_words, vocabulary
 
 _KNOWN_WORDS = set(vocabulary())
 

@@ -8,7 +8,7 @@ most of the meaning survives. The knob k (`num_tokens`) is swept by the evaluati
 import numpy as np
 
 from ..diffusion import cfg_hook
-from ..world import split_words, vocabulary
+from ..captions import split_words, vocabulary
 from .knobs import Knob
 
 TITLE = "RTA (Somepalli et al.)"
