@@ -6,9 +6,9 @@
 Protocol (docs/math.md, "Evaluation protocol", in miniature): the same prompts and the same seeds for every
 method; privacy = similarity to the nearest training image (and the d1/d2 test, and the stamp for local
 memorization); utility = judge CLIP score against the ORIGINAL prompt and attribute accuracy. Every method of
-prss_mini.guidance.METHODS runs its SWEEP and VARIANTS. Writes to RUN/eval/ (or --out): metrics.json,
-metrics.csv, tradeoff.png, ablation.md, grid.png, traces.png, roc.png. While it runs, partial.npz there holds
-every finished prompt: rerun the same command to resume after Ctrl-C.
+prss_mini.guidance.METHODS runs its SWEEP and VARIANTS (a baseline's sweep on the memorized prompts only: `runs_on`).
+Writes to RUN/eval/ (or --out): metrics.json, metrics.csv, tradeoff.png, ablation.md, grid.png, traces.png, roc.png.
+While it runs, partial.npz there holds every finished prompt: rerun the same command to resume after Ctrl-C.
 """
 
 import argparse

@@ -72,7 +72,8 @@ print(f"saved {OUT}/prss_vs_cfg.png\nLook at: the general columns should be iden
 # ## The evaluation: every method, same prompts, same seeds
 #
 # `python -m prss_mini.evaluate --run RUN` samples all global prompts and 5 each of the local, general and
-# held-out ones for every method and knob setting, and writes RUN/eval/ (about 12 minutes on the `cpu` run).
+# held-out ones, 4 seeds each, for every method and knob setting (a baseline's sweep on memorized prompts only),
+# and writes RUN/eval/ (about 11 minutes on the `cpu` run).
 # Here: if RUN/eval/metrics.json exists we reuse it (rerun the command after retraining!). In quick mode we
 # call the same machinery (`evaluate.run_jobs`, `analysis.summarize`, `figures.*`) on 2 prompts per group and 1 image, writing
 # only into this tutorial's folder, so a finished evaluation in RUN/eval is never overwritten by a smoke run.
@@ -95,7 +96,7 @@ else:
     if os.path.exists(os.path.join(eval_dir, "metrics.json")):
         print(f"reusing {eval_dir}/metrics.json (made by `python -m prss_mini.evaluate --run {RUN}`)")
     else:
-        print(f"no {eval_dir}/metrics.json yet: running the full evaluation (about 12 minutes on the cpu run)")
+        print(f"no {eval_dir}/metrics.json yet: running the full evaluation (about 11 minutes on the cpu run)")
         evaluate.main(["--run", RUN])
     with open(os.path.join(eval_dir, "metrics.json")) as f:
         summary = json.load(f)
