@@ -128,15 +128,16 @@ def run_jobs(pipe, judges, train_images, sets, jobs, num_images, partial_path=No
     if done:
         print(f"resuming from {partial_path}: {len(done)} prompt x setting runs already done")
     key = lambda k, group, j: f"{k}|{group}|{j}"
+    groups = [[g for g in sets if runs_on(g, method, knobs)] for method, knobs in jobs]  # per job
     counter = CountingUNet(pipe.unet)
     real_unet, pipe.unet = pipe.unet, counter
     try:
-        total = sum(len(p) for g, p in sets.items() for m, kn in jobs if runs_on(g, m, kn))
+        total = sum(len(sets[g]) for job_groups in groups for g in job_groups)
         with tqdm(total=total, desc="prompts x settings", disable=not progress) as bar:
             for group, prompts in sets.items():
                 for j, (prompt, attributes) in enumerate(prompts):
                     for k, (method, knobs) in enumerate(jobs):
-                        if not runs_on(group, method, knobs):
+                        if group not in groups[k]:
                             continue
                         if key(k, group, j) not in done:
                             count0, t0 = counter.count, time.perf_counter()
@@ -154,9 +155,8 @@ def run_jobs(pipe, judges, train_images, sets, jobs, num_images, partial_path=No
     results, images = [], []
     for k, (method, knobs) in enumerate(jobs):
         rows = {}
-        for group, prompts in sets.items():
-            if not runs_on(group, method, knobs):
-                continue
+        for group in groups[k]:
+            prompts = sets[group]
             entries = [done[key(k, group, j)] for j in range(len(prompts))]
             n = len(prompts) * num_images
             rows[group] = {m: float(np.mean([v for e in entries for v in e[m]])) for m in MEASURES if m in entries[0]}
@@ -164,8 +164,8 @@ def run_jobs(pipe, judges, train_images, sets, jobs, num_images, partial_path=No
             rows[group]["unet_evals_per_image"] = sum(e["evals"] for e in entries) / n
             rows[group]["seconds_per_image"] = sum(e["seconds"] for e in entries) / n
         results.append({"method": method, "knobs": knobs, "label": label(method, knobs), "groups": rows})
-        images.append({(group, j): done[key(k, group, j)]["images"] for group in sets for j in range(len(sets[group]))
-                       if runs_on(group, method, knobs)})
+        images.append({(group, j): done[key(k, group, j)]["images"] for group in groups[k]
+                       for j in range(len(sets[group]))})
     return results, images
 
 

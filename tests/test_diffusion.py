@@ -7,7 +7,7 @@ from torch import nn
 
 from prss_mini.diffusion import (
     NoiseSchedule, add_noise, cfg_hook, classifier_free_guidance, ddim_step, ddpm_step,
-    diffusion_loss, loss_weights, predict_noise, predict_x0, sample, timesteps_for,
+    predict_noise, predict_x0, sample, timesteps_for,
 )
 
 SHAPE = (2, 3, 4, 4)  # (B, C, H, W)
@@ -78,7 +78,7 @@ def test_schedule_to_returns_a_copy():
     assert c is not s and torch.equal(c.alphas_cumprod, s.alphas_cumprod) and c.num_train_timesteps == 10
 
 
-# ---- forward process and training loss ----------------------------------------------------
+# ---- forward process (the training loss: test_training_loss.py) ------------------------------
 
 def test_add_noise_of_zero_image_has_std_sqrt_one_minus_alpha_bar():
     s, n = NoiseSchedule(1000), 20000
@@ -92,43 +92,6 @@ def test_add_noise_of_constant_image_has_mean_sqrt_alpha_bar_times_constant():
     t = torch.full((n,), 300, dtype=torch.long)
     x_t = add_noise(torch.full((n, 1, 1, 1), c), torch.randn(n, 1, 1, 1, generator=gen()), t, s)
     assert x_t.mean().item() == pytest.approx(s.alphas_cumprod[300].sqrt().item() * c, abs=0.02)
-
-
-def test_diffusion_loss_is_a_scalar_reproducible_from_the_generator_seed():
-    s, x0 = NoiseSchedule(100), torch.randn(SHAPE, generator=gen(1))
-    ctx, null = torch.randn(2, 5, 8, generator=gen(2)), torch.zeros(1, 5, 8)
-    a = diffusion_loss(ToyModel(), x0, ctx, null, s, generator=gen(3))
-    b = diffusion_loss(ToyModel(), x0, ctx, null, s, generator=gen(3))
-    assert a.dim() == 0 and torch.equal(a, b)
-
-
-def oracle(x0, s, target):
-    """A network that knows x0: from x_t it recovers the true eps (DDPM eq. 4 solved for eps), or v from it."""
-    def model(x_t, t, context):
-        abar = s.alphas_cumprod[t].view(-1, 1, 1, 1)
-        eps = (x_t - abar.sqrt() * x0) / (1 - abar).sqrt()
-        return eps if target == "epsilon" else abar.sqrt() * eps - (1 - abar).sqrt() * x0
-    return model
-
-
-@pytest.mark.parametrize("predicts, prediction_type, zero", [
-    ("epsilon", "epsilon", True), ("v_prediction", "v_prediction", True),
-    ("epsilon", "v_prediction", False), ("v_prediction", "epsilon", False)])
-def test_diffusion_loss_is_zero_for_an_oracle_of_its_target_and_positive_for_the_other(predicts, prediction_type,
-                                                                                        zero):
-    s, x0 = NoiseSchedule(1000, "scaled_linear"), torch.rand(8, 3, 4, 4, generator=gen(1)) * 2 - 1
-    ctx, null = torch.randn(8, 5, 8, generator=gen(2)), torch.zeros(1, 5, 8)
-    loss = diffusion_loss(oracle(x0, s, predicts), x0, ctx, null, s, generator=gen(3),
-                          prediction_type=prediction_type).item()
-    assert loss < 1e-8 if zero else loss > 0.1
-
-
-@pytest.mark.parametrize("p, expect_null", [(1.0, True), (0.0, False)])
-def test_diffusion_loss_caption_dropout_replaces_context_by_null_context(p, expect_null):
-    s, model = NoiseSchedule(100), ToyModel()
-    ctx, null = torch.ones(2, 5, 8), torch.zeros(1, 5, 8)
-    diffusion_loss(model, torch.randn(SHAPE), ctx, null, s, cond_drop_prob=p, generator=gen())
-    assert torch.equal(model.seen_contexts[0], null.expand(2, 5, 8) if expect_null else ctx)
 
 
 # ---- single steps -------------------------------------------------------------------------
@@ -315,25 +278,7 @@ def test_ddpm_clip_sample_equals_the_x0_form_posterior_mean():
     assert torch.allclose(out, mean, atol=1e-5)
 
 
-def test_epsilon_model_turns_an_exact_v_prediction_into_the_exact_eps():
-    from prss_mini.diffusion import EpsilonModel, v_target
-    s = NoiseSchedule(1000, "scaled_linear")
-    g = torch.Generator().manual_seed(0)
-    x0, noise = torch.randn(4, 3, 4, 4, generator=g), torch.randn(4, 3, 4, 4, generator=g)
-    t = torch.tensor([0, 300, 700, 999])
-    x_t = add_noise(x0, noise, t, s)
-    oracle = lambda x, tt, c: v_target(x0, noise, tt, s)  # a network that knows v
-    assert torch.allclose(EpsilonModel(oracle, s)(x_t, t, None), noise, atol=1e-4)
-
-
-def test_unknown_prediction_type_raises():
-    model = lambda x, t, c: x
-    with pytest.raises(ValueError, match="prediction_type"):
-        diffusion_loss(model, torch.zeros(2, 3, 4, 4), torch.zeros(2, 1, 1), torch.zeros(1, 1, 1),
-                       NoiseSchedule(20), prediction_type="x0")
-
-
-# ---- the sampling grid and the loss weighting ----------------------------------------------------------------
+# ---- the sampling grid --------------------------------------------------------------------
 
 def test_trailing_spacing_runs_from_999_down_to_19_like_diffusers():
     ts = timesteps_for(50, NoiseSchedule(1000, timestep_spacing="trailing"))
@@ -348,21 +293,3 @@ def test_steps_offset_shifts_leading_timesteps_like_stable_diffusion():
 def test_unknown_timestep_spacing_raises():
     with pytest.raises(ValueError, match="timestep_spacing"):
         NoiseSchedule(1000, timestep_spacing="linspace")
-
-
-@pytest.mark.parametrize("weighting, x0_weight", [("min_snr", lambda snr: snr.clamp(max=5.0)),
-                                                  ("truncated_snr", lambda snr: snr.clamp(min=0.2))])
-def test_loss_weights_make_the_x0_weight_of_the_rule(weighting, x0_weight):
-    s, t = NoiseSchedule(1000, "scaled_linear"), torch.tensor([999, 500, 19])
-    snr = s.alphas_cumprod[t] / (1 - s.alphas_cumprod[t])
-    for prediction_type, native in (("epsilon", snr), ("v_prediction", snr + 1)):  # the plain loss's x0 weight
-        w = loss_weights(t, s, prediction_type, weighting, snr_gamma=5.0, snr_floor=0.2)
-        assert torch.allclose(w * native, x0_weight(snr))
-    assert torch.equal(loss_weights(t, s, "epsilon", "uniform"), torch.ones(3))
-
-
-def test_caption_dropout_may_differ_per_sample():
-    s, model = NoiseSchedule(100), ToyModel()
-    ctx, null = torch.ones(2, 5, 8), torch.zeros(1, 5, 8)
-    diffusion_loss(model, torch.randn(SHAPE), ctx, null, s, cond_drop_prob=torch.tensor([1.0, 0.0]), generator=gen())
-    assert torch.equal(model.seen_contexts[0][0], null[0]) and torch.equal(model.seen_contexts[0][1], ctx[1])
