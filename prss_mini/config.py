@@ -43,6 +43,7 @@ class Config:
     # text encoder and its CLIP pre-training (prss_mini/text_encoder.py)
     text_dim: int = 64
     text_layers: int = 2
+    text_causal: bool = True  # causal attention, as CLIP's (docs/results.md: the causal text encoder)
     clip_steps: int = 600
     # UNet (prss_mini/unet.py): 32 channels at full resolution, where shapes are drawn
     base_channels: int = 32
@@ -115,7 +116,7 @@ def world_config(cfg):
 
 
 def text_encoder_config(cfg):
-    return _part(TextEncoderConfig, cfg, dim="text_dim", layers="text_layers")
+    return _part(TextEncoderConfig, cfg, dim="text_dim", layers="text_layers", causal="text_causal")
 
 
 def unet_config(cfg):
@@ -210,6 +211,7 @@ def to_dict(cfg):
 
 def from_dict(d):
     known = {f.name: f for f in fields(Config)}
+    d = {"text_causal": False, **d}  # runs made before the field existed had a bidirectional text encoder
     return Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known})
 
 

@@ -9,6 +9,7 @@ never on the diffusion training set, with their own text encoder and their own s
     judge CLIP           a separate TextEncoder + ImageEncoder pair: the "toy CLIP score"
 """
 
+import dataclasses
 import os
 import time
 
@@ -74,6 +75,12 @@ def _train_classifier(classifier, images, attributes, steps, generator, progress
         optimizer.step()
 
 
+def judge_text_config(cfg):
+    """The judge CLIP's text encoder: the run's size, always bidirectional, so that changing the model's text encoder
+    (config.text_causal) does not change the instrument that scores it."""
+    return dataclasses.replace(text_encoder_config(cfg), causal=False)
+
+
 def train_judges(cfg, progress=True, device="cpu"):
     """Train both judges on cfg.judge_pool fresh renders (numpy seed cfg.seed + 12345), batch 128: the classifier
     for cfg.judge_steps steps, the judge CLIP for cfg.judge_clip_steps.
@@ -89,7 +96,7 @@ def train_judges(cfg, progress=True, device="cpu"):
         torch.manual_seed(cfg.seed + 12345)
         classifier = AttributeClassifier(cfg.judge_depth).to(device)
         torch.manual_seed(cfg.seed + 777)
-        clip_text = TextEncoder(text_encoder_config(cfg)).to(device)
+        clip_text = TextEncoder(judge_text_config(cfg)).to(device)
         clip_image = ImageEncoder(embed_dim=clip_text.cfg.embed_dim, width=WIDTH).to(device)
     _train_classifier(classifier, x, y, cfg.judge_steps, torch.Generator().manual_seed(cfg.seed + 12345), progress)
     train_clip(clip_text, clip_image, x, captions, Tokenizer(), steps=cfg.judge_clip_steps, batch_size=128, lr=2e-3,
@@ -115,7 +122,7 @@ class Judges:
         self.tokenizer = Tokenizer()
         self.classifier = AttributeClassifier(self.config.judge_depth)
         self.classifier.load_state_dict(state["classifier"])
-        self.clip_text = TextEncoder(text_encoder_config(self.config))
+        self.clip_text = TextEncoder(judge_text_config(self.config))
         self.clip_text.load_state_dict(state["clip_text"])
         self.clip_image = ImageEncoder(embed_dim=self.clip_text.cfg.embed_dim, width=WIDTH)
         self.clip_image.load_state_dict(state["clip_image"])

@@ -62,6 +62,9 @@ class ToyPipeline:
                                      self.schedule)
         self.image_shape = (3, config.image_size, config.image_size)
         self._dataset, self._empty, self._thresholds = None, None, None
+        # the sampling settings of the current call (generate sets them): the thresholds must be calibrated at them
+        self.sampling = {"guidance_scale": float(config.guidance_scale),
+                         "num_inference_steps": int(config.num_inference_steps)}
 
     @property
     def dataset(self):
@@ -121,11 +124,19 @@ class ToyPipeline:
                  sampler="ddim", eta=0.0, progress=False, return_info=False, **knobs):
         """`num_images` images of one prompt with a guidance method (prss_mini.guidance.METHODS): uint8 (K, H, W, 3).
 
-        The same seed gives the same x_T for every method, so methods can be compared image by image."""
+        The same seed gives the same x_T for every method, so methods can be compared image by image. `prompt` may
+        also be a list of P prompts with `seed` a list of P seeds: one batched run, prompt-major (P * K, H, W, 3):
+        with DDIM at eta = 0 the same images as P calls, up to float rounding (a stochastic sampler draws one noise
+        stream for the whole batch)."""
         s = self.config.guidance_scale if guidance_scale is None else guidance_scale
+        steps = self.config.num_inference_steps if num_inference_steps is None else num_inference_steps
         if num_images < 1 or s < 0:
             raise ValueError(f"need num_images >= 1 and guidance_scale >= 0, got {num_images} and {s}")
-        x_T = self.initial_noise(num_images, seed)                                      # (K, 3, H, W)
+        seeds = list(seed) if isinstance(prompt, (list, tuple)) else [seed]
+        if isinstance(prompt, (list, tuple)) and len(seeds) != len(prompt):
+            raise ValueError(f"a list of {len(prompt)} prompts needs a list of as many seeds, got {seed!r}")
+        x_T = torch.cat([self.initial_noise(num_images, sd) for sd in seeds])             # (P * K, 3, H, W)
+        self.sampling = {"guidance_scale": float(s), "num_inference_steps": int(steps)}   # thresholds are read for these
         hook, info = build_hook(method, self, prompt, x_T, s, seed=seed, **knobs)
-        images = tensor_to_images(self.run_hook(hook, x_T, num_inference_steps, sampler, eta, seed, progress))
+        images = tensor_to_images(self.run_hook(hook, x_T, steps, sampler, eta, seeds[0], progress))
         return (images, info) if return_info else images

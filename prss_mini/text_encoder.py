@@ -66,6 +66,8 @@ class TextEncoderConfig:
     max_length: int = 24
     heads: int = 4
     embed_dim: int = 64    # the shared CLIP space
+    causal: bool = True    # config.py: text_causal. CLIP's text transformer is causal (each token sees only those
+                           # before it): the <bos> state is one constant and the <eos> state sums the prompt up
 
     def __post_init__(self):
         if self.dim % self.heads:
@@ -75,7 +77,8 @@ class TextEncoderConfig:
 class TextEncoder(nn.Module):
     """A small transformer: token ids (B, L) -> per-token states (B, L, D) and a pooled embedding (B, E).
 
-    As in CLIP, the pooled embedding is the final state at the `<eos>` token, projected to the shared space."""
+    As in CLIP, the pooled embedding is the final state at the `<eos>` token, projected to the shared space, and
+    with `causal` (the default) token i attends to tokens 0..i only, as in CLIP's text transformer."""
 
     def __init__(self, cfg: TextEncoderConfig):
         super().__init__()
@@ -91,7 +94,10 @@ class TextEncoder(nn.Module):
     def forward(self, ids):
         x = self.token_embedding(ids) + self.position_embedding[: ids.shape[1]]        # (B, L, D)
         # Padding is masked inside the encoder; the UNet later sees every position, as SD's UNet does.
-        x = self.final_norm(self.transformer(x, src_key_padding_mask=ids == PAD_ID))        # (B, L, D)
+        L = ids.shape[1]
+        mask = torch.ones(L, L, dtype=torch.bool, device=ids.device).triu(1) if self.cfg.causal else None  # True: hidden
+        x = self.final_norm(self.transformer(x, mask=mask, src_key_padding_mask=ids == PAD_ID,
+                                             is_causal=self.cfg.causal))                  # (B, L, D)
         eos = (ids == EOS_ID).float().argmax(dim=1)                                          # (B,)
         pooled = self.projection(x[torch.arange(len(ids)), eos])                        # (B, E)
         return x, pooled
