@@ -11,7 +11,7 @@ import os
 from dataclasses import asdict, dataclass, fields
 
 from .checkpoint import CheckpointError
-from .diffusion import LOSS_WEIGHTINGS, PREDICTION_TYPES, SCHEDULES, NoiseSchedule
+from .diffusion import LOSS_WEIGHTINGS, PREDICTION_TYPES, SCHEDULES, NoiseSchedule, timesteps_for
 from .text_encoder import TextEncoderConfig
 from .unet import UNetConfig
 from .world import WorldConfig
@@ -154,7 +154,8 @@ def _check(cfg):
     if not cfg.num_inference_steps <= cfg.num_train_timesteps:
         raise ValueError(f"num_inference_steps ({cfg.num_inference_steps}) must be at most num_train_timesteps "
                          f"({cfg.num_train_timesteps})")
-    noise_schedule(cfg)  # the module configs check their own rules (e.g. world.WorldConfig.__post_init__)
+    timesteps_for(cfg.num_inference_steps, noise_schedule(cfg))  # e.g. a leading steps_offset past T - 1
+    # the module configs check their own rules (e.g. world.WorldConfig.__post_init__)
     world_config(cfg)
     text_encoder_config(cfg)
     unet_config(cfg)

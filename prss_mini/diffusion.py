@@ -237,14 +237,24 @@ def timesteps_for(num_inference_steps, schedule):
 
     It matters at the end: a cond-vs-uncond gap in the predicted x0 shows in m_t times sqrt(abar_t / (1 - abar_t)),
     about 34 at t = 0, 24 at t = 1 and 7.5 at t = 19 on the scaled_linear schedule. "trailing" also starts at the
-    noisiest timestep (Lin et al. 2024, "Common diffusion noise schedules and sample steps are flawed")."""
-    T = schedule.num_train_timesteps
-    if not 1 <= num_inference_steps <= T:
-        raise ValueError(f"num_inference_steps must be in [1, {T}] (num_train_timesteps), got {num_inference_steps}")
+    noisiest timestep (Lin et al. 2024, "Common diffusion noise schedules and sample steps are flawed").
+
+    "leading" with a steps_offset can push the first timestep past T - 1 (all 1000 of 1000 steps with offset 1 would
+    start at t = 1000). That is a ValueError: diffusers' set_timesteps returns t = 1000 there and its first step
+    fails with an IndexError, and clamping it to T - 1 would visit t = 999 twice. No timestep is ever visited twice."""
+    T, n, offset = schedule.num_train_timesteps, num_inference_steps, schedule.steps_offset
+    if not 1 <= n <= T:
+        raise ValueError(f"num_inference_steps must be in [1, {T}] (num_train_timesteps), got {n}")
     if schedule.timestep_spacing == "trailing":
-        return [int(round(T - i * T / num_inference_steps)) - 1 for i in range(num_inference_steps)]
-    step = T // num_inference_steps
-    return [min(i * step + schedule.steps_offset, T - 1) for i in range(num_inference_steps)][::-1]
+        return [int(round(T - i * T / n)) - 1 for i in range(n)]
+    step = T // n
+    if (n - 1) * step + offset > T - 1:
+        fits = max(k for k in range(1, n) if (k - 1) * (T // k) + offset <= T - 1)  # k = 1 always fits (offset < T)
+        raise ValueError(f"num_inference_steps={n} with timestep_spacing='leading' and steps_offset={offset} would "
+                         f"start at t = {(n - 1) * step + offset}, past the last trained timestep {T - 1}: use "
+                         f"steps_offset <= {T - 1 - (n - 1) * step}, timestep_spacing='trailing', or at most "
+                         f"num_inference_steps={fits}")
+    return [i * step + offset for i in range(n)][::-1]
 
 
 def sample(guidance, shape, schedule, num_inference_steps=50, sampler="ddim", eta=0.0,

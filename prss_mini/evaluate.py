@@ -7,8 +7,12 @@ Protocol (docs/math.md, "Evaluation protocol", in miniature): the same prompts a
 method; privacy = similarity to the nearest training image (and the d1/d2 test, and the stamp for local
 memorization); utility = judge CLIP score against the ORIGINAL prompt and attribute accuracy. Every method of
 prss_mini.guidance.METHODS runs its SWEEP and VARIANTS (a baseline's sweep on the memorized prompts only: `runs_on`).
-Writes to RUN/eval/ (or --out): metrics.json, metrics.csv, tradeoff.png, ablation.md, grid.png, traces.png, roc.png.
-While it runs, partial.npz there holds every finished prompt: rerun the same command to resume after Ctrl-C.
+    python -m prss_mini.evaluate --run runs/s0 --run runs/s1 --run runs/s2 --out runs/pooled   # pooled over seeds
+
+Writes to RUN/eval/ (or --out): metrics.json (every figure pooled over the runs, with a 95% interval that
+resamples prompts and each run's own value: pooling.py), metrics.csv, per_prompt.csv, ablation.md, tradeoff.png,
+grid.png, traces.png, roc.png. While it runs, partial_<i>.npz there holds every finished group x setting of run i:
+rerun the same command to resume after Ctrl-C.
 """
 
 import argparse
@@ -21,14 +25,16 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import figures, metrics
-from .analysis import label, summarize
-from .checkpoint import CheckpointError, load_partial, save_partial
+from .analysis import label
+from .captions import ATTRIBUTE_NAMES
+from .checkpoint import CheckpointError, config_differences, load_partial, save_partial
+from .config import read_config, to_dict
 from .guidance import METHODS
 from .guidance.detect import detection_score, magnitude_trace
 from .judges import Judges
 from .pipeline import ToyPipeline, check_device
-from .report import write_reports
-from .captions import ATTRIBUTE_NAMES
+from .pooling import pool, prompt_rows, results_at
+from .report import cell, write_reports
 from .world import memorized_captions
 
 GROUPS = ("global", "local", "general", "heldout")
@@ -90,13 +96,14 @@ MEASURES = ("similarity", "copy", "ratio_copy", "stamp", "clip", "attr", "attr_s
             "triggered", "identical")
 
 
-def measure(judges, train_images, images, prompt, attributes, info, reference=None):
-    """Privacy and utility of one prompt's images uint8 (K, H, W, 3): measure -> K values (see MEASURES)."""
+def measure(judges, train_images, images, prompts, attributes, info, reference=None):
+    """Privacy and utility of images uint8 (N, H, W, 3), each asked for by its own prompt (N str) with its
+    attributes (N, 3): measure -> N values (see MEASURES)."""
     near = metrics.nearest_training(images, train_images)
-    correct = judges.attribute_correct(images, np.repeat(attributes[None], len(images), 0))          # (K, 3)
+    correct = judges.attribute_correct(images, attributes)                                        # (N, 3)
     values = {"similarity": near["similarity"], "copy": metrics.is_copy(near["similarity"]),
               "ratio_copy": metrics.ratio_copy(near["d1"], near["d2"]), "stamp": metrics.stamp_present(images),
-              "clip": judges.clip_score(images, [prompt] * len(images)), "attr": correct.mean(1),
+              "clip": judges.clip_score(images, prompts), "attr": correct.mean(1),
               **{f"attr_{name}": correct[:, a] for a, name in enumerate(ATTRIBUTE_NAMES)},
               "triggered": info.get("triggered", [False] * len(images))}
     if reference is not None:  # same seed, same x_T: is it plain CFG's image, bit for bit?
@@ -113,59 +120,84 @@ def signature(pipe, jobs, sets, num_images):
                       sort_keys=True, default=float)
 
 
-def run_jobs(pipe, judges, train_images, sets, jobs, num_images, partial_path=None, progress=True):
-    """Generate every prompt of every group with every (method, knobs) job and measure it. Returns (results,
-    images): one result dict and one {(group, j): uint8 (K, H, W, 3)} per job.
+def seeds_for(prompts):
+    """The seed of each prompt's x_T: 1000 + its index in its group, for every method alike."""
+    return [1000 + j for j in range(len(prompts))]
 
-    Prompt by prompt, all jobs back to back: the machine's speed drifts over minutes, and this way a drift hits
+
+def run_group(pipe, judges, train_images, prompts, method, knobs, num_images, reference=None):
+    """One setting on every prompt of a group in ONE batched sampling run (a UNet call on P * K samples costs far
+    less per sample than P calls on K), measured. Returns its entry: per-sample values (MEASURES, prompt-major),
+    "chosen" (the prompt each sample was generated with), "seconds", "evals" and "images" (P * K, H, W, 3)."""
+    texts, attributes = [p for p, _ in prompts], np.stack([a for _, a in prompts])
+    count0, t0 = pipe.unet.count, time.perf_counter()
+    out, info = pipe.generate(texts, method=method, num_images=num_images, seed=seeds_for(prompts),
+                              return_info=True, **knobs)
+    entry = {"seconds": time.perf_counter() - t0, "evals": pipe.unet.count - count0,
+             "chosen": info.get("prompt", list(np.repeat(texts, num_images)))}
+    entry.update(measure(judges, train_images, out, list(np.repeat(texts, num_images)),
+                         np.repeat(attributes, num_images, 0), info, reference))
+    return {**entry, "images": out}
+
+
+def per_prompt(entry, prompts, num_images):
+    """A group's entry split by prompt: one dict per prompt with the mean of each measure over its samples, its
+    share of the cost, and the prompt(s) its samples were generated with."""
+    rows = []
+    for j, (prompt, _) in enumerate(prompts):
+        own = slice(j * num_images, (j + 1) * num_images)
+        row = {m: float(np.mean(entry[m][own])) for m in MEASURES if m in entry}
+        chosen = list(dict.fromkeys(str(c) for c in entry["chosen"][own]))
+        row.update(prompt=prompt, chosen_prompt=" | ".join(chosen), seconds=entry["seconds"] / len(prompts),
+                   evals=entry["evals"] / len(prompts), samples=num_images)
+        rows.append(row)
+    return rows
+
+
+def run_jobs(pipe, judges, train_images, sets, jobs, num_images, partial_path=None, progress=True):
+    """Generate every group of prompts with every (method, knobs) job and measure it. Returns (results, images):
+    one result dict and one {(group, j): uint8 (K, H, W, 3)} per job. A result's groups[g] holds the means over
+    the group's samples and "per_prompt", one row per prompt (see per_prompt).
+
+    Group by group, all jobs back to back: the machine's speed drifts over minutes, and this way a drift hits
     every method alike, so the time ratios compare like with like. jobs[0] must be plain CFG, whose images the
-    others are compared with. With `partial_path` (.npz) every finished prompt is saved, and a rerun of the same
-    evaluation resumes after it: an interrupted run loses nothing it finished."""
+    others are compared with. With `partial_path` (.npz) every finished (group, job) is saved, and a rerun of the
+    same evaluation resumes after it: an interrupted run loses nothing it finished."""
     if not jobs or tuple(jobs[0]) != ("cfg", {}):
         raise ValueError("jobs[0] must be ('cfg', {}): every other method is compared with plain CFG's images")
     sig = signature(pipe, jobs, sets, num_images)
     done = load_partial(partial_path, sig) if partial_path else {}
     if done:
-        print(f"resuming from {partial_path}: {len(done)} prompt x setting runs already done")
-    key = lambda k, group, j: f"{k}|{group}|{j}"
+        print(f"resuming from {partial_path}: {len(done)} group x setting runs already done")
+    key = lambda k, group: f"{k}|{group}"
     groups = [[g for g in sets if runs_on(g, method, knobs)] for method, knobs in jobs]  # per job
-    counter = CountingUNet(pipe.unet)
-    real_unet, pipe.unet = pipe.unet, counter
+    real_unet, pipe.unet = pipe.unet, CountingUNet(pipe.unet)
     try:
-        total = sum(len(sets[g]) for job_groups in groups for g in job_groups)
-        with tqdm(total=total, desc="prompts x settings", disable=not progress) as bar:
+        total = sum(len(job_groups) for job_groups in groups)
+        with tqdm(total=total, desc="groups x settings", disable=not progress) as bar:
             for group, prompts in sets.items():
-                for j, (prompt, attributes) in enumerate(prompts):
-                    for k, (method, knobs) in enumerate(jobs):
-                        if group not in groups[k]:
-                            continue
-                        if key(k, group, j) not in done:
-                            count0, t0 = counter.count, time.perf_counter()
-                            out, info = pipe.generate(prompt, method=method, num_images=num_images, seed=1000 + j,
-                                                      return_info=True, **knobs)
-                            entry = {"seconds": time.perf_counter() - t0, "evals": counter.count - count0}
-                            reference = done[key(0, group, j)]["images"] if k else None
-                            entry.update(measure(judges, train_images, out, prompt, attributes, info, reference))
-                            done[key(k, group, j)] = {**entry, "images": out}
-                        bar.update()
-                    if partial_path:
-                        save_partial(partial_path, done, sig)
+                for k, (method, knobs) in enumerate(jobs):
+                    if group in groups[k] and key(k, group) not in done:
+                        reference = done[key(0, group)]["images"] if k else None
+                        done[key(k, group)] = run_group(pipe, judges, train_images, prompts, method, knobs,
+                                                        num_images, reference)
+                        if partial_path:
+                            save_partial(partial_path, done, sig)
+                    bar.update(group in groups[k])
     finally:
         pipe.unet = real_unet
     results, images = [], []
     for k, (method, knobs) in enumerate(jobs):
         rows = {}
         for group in groups[k]:
-            prompts = sets[group]
-            entries = [done[key(k, group, j)] for j in range(len(prompts))]
-            n = len(prompts) * num_images
-            rows[group] = {m: float(np.mean([v for e in entries for v in e[m]])) for m in MEASURES if m in entries[0]}
-            rows[group]["samples"] = n
-            rows[group]["unet_evals_per_image"] = sum(e["evals"] for e in entries) / n
-            rows[group]["seconds_per_image"] = sum(e["seconds"] for e in entries) / n
+            entry, n = done[key(k, group)], len(sets[group]) * num_images
+            rows[group] = {m: float(np.mean(entry[m])) for m in MEASURES if m in entry}
+            rows[group].update(samples=n, unet_evals_per_image=entry["evals"] / n,
+                               seconds_per_image=entry["seconds"] / n,
+                               per_prompt=per_prompt(entry, sets[group], num_images))
         results.append({"method": method, "knobs": knobs, "label": label(method, knobs), "groups": rows})
-        images.append({(group, j): done[key(k, group, j)]["images"] for group in groups[k]
-                       for j in range(len(sets[group]))})
+        images.append({(group, j): done[key(k, group)]["images"][j * num_images:(j + 1) * num_images]
+                       for group in groups[k] for j in range(len(sets[group]))})
     return results, images
 
 
@@ -190,58 +222,96 @@ def detection(pipe, sets, num_images=2, per_group=4):
     return traces, scores
 
 
+def check_same_protocol(configs, names):
+    """Runs pooled together must be the same model but for the training seed (a clear ValueError otherwise)."""
+    first = to_dict(configs[0])
+    for cfg, name in zip(configs[1:], names[1:]):
+        diff = [k for k in config_differences(first, to_dict(cfg)) if k != "seed"]
+        if diff:
+            raise ValueError(f"{name} and {names[0]} differ in {', '.join(diff)}: only runs that differ in --seed "
+                             f"alone can be pooled")
+
+
+def evaluate_run(run_dir, args, jobs, out_dir, index):
+    """One run's evaluation: its results, prompts and detection scores (what pooling.pool reads), its images and
+    traces. Its partial file (resume after Ctrl-C) lives in out_dir."""
+    pipe = ToyPipeline(run_dir, device=args.device)
+    judges = Judges.load(run_dir, device=args.device)
+    sets = prompt_sets(pipe.dataset, args.per_group)
+    if args.quick:
+        sets = {g: p[:2] for g, p in sets.items()}
+    thresholds = pipe.thresholds
+    print(f"{run_dir}: thresholds {json.dumps({k: round(thresholds[k], 3) for k in ('lambda_ss', 'lambda_pr', 'tau')})}")
+    train_images, _, _ = metrics.unique_training_images(pipe.dataset)
+    partial = os.path.join(out_dir, f"partial_{index}.npz")
+    results, images = run_jobs(pipe, judges, train_images, sets, jobs, args.num_images, partial)
+    traces, scores = detection(pipe, sets)
+    run = {"name": run_dir, "seed": pipe.config.seed, "thresholds": thresholds, "results": results,
+           "prompts": {g: [p for p, _ in v] for g, v in sets.items()}, "scores": {g: v.tolist() for g, v in scores.items()}}
+    return run, images, traces, partial
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", required=True, help="run folder written by train_toy.py")
+    parser.add_argument("--run", required=True, action="append", help="run folder written by train_toy.py; give it "
+                        "several times to pool runs that differ in their training seed only")
     parser.add_argument("--per-group", type=int, default=5, help="prompts per group (global: all of them)")
     parser.add_argument("--num-images", type=int, default=4, help="seeds per prompt")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
     parser.add_argument("--quick", action="store_true", help="first settings only, 2 prompts per group, 1 image")
-    parser.add_argument("--out", default=None, help="output folder (default: RUN/eval)")
+    parser.add_argument("--out", default=None, help="output folder (default: RUN/eval for one run; several runs "
+                        "need it)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     if args.quick:
         args.per_group, args.num_images = 2, 1
     if args.num_images < 1:
         parser.error(f"--num-images must be at least 1, got {args.num_images}")
+    if len(args.run) > 1 and args.out is None:
+        parser.error("several --run folders are pooled into one evaluation: say where with --out DIR")
+    if len(set(args.run)) != len(args.run):
+        parser.error(f"a run folder is given twice: {args.run}")
     try:
         jobs = jobs_for(args.methods.split(","), args.quick)
-        pipe = ToyPipeline(args.run, device=check_device(args.device))
-        judges = Judges.load(args.run, device=args.device)
-        sets = prompt_sets(pipe.dataset, args.per_group)
-        thresholds = pipe.thresholds
+        check_device(args.device)
+        configs = [read_config(run) for run in args.run]
+        check_same_protocol(configs, args.run)
+        for run in args.run:  # every run is usable before hours are spent on the first
+            ToyPipeline(run)
+            Judges.load(run)
     except (CheckpointError, ValueError) as e:
         sys.exit(f"error: {e}")
-    if args.quick:
-        sets = {g: p[:2] for g, p in sets.items()}
-    out_dir = args.out or os.path.join(args.run, "eval")
+    out_dir = args.out or os.path.join(args.run[0], "eval")
     os.makedirs(out_dir, exist_ok=True)
-    train_images, _, _ = metrics.unique_training_images(pipe.dataset)
-    print(f"thresholds: {json.dumps({k: round(thresholds[k], 3) for k in ('lambda_ss', 'lambda_pr', 'tau')})}")
 
-    partial = os.path.join(out_dir, "partial.npz")
-    results, images = run_jobs(pipe, judges, train_images, sets, jobs, args.num_images, partial)
-    grid_images = {m: im for (m, k), im in zip(jobs, images) if k == METHODS[m].SWEEP[0]}
-    for r in results:
-        g = r["groups"]
-        print(f"{r['label']:32s} global sim {g['global']['similarity']:.3f} copy {g['global']['copy']:.2f}  "
-              f"local stamp {g['local']['stamp']:.2f}  clip {g['global']['clip']:.3f}  attr {g['global']['attr']:.2f}")
-
-    traces, scores = detection(pipe, sets)
-    negative = np.concatenate([scores[g] for g in CONTROL])
-    detected = {"first_step_magnitude": {g: float(np.mean(v)) for g, v in scores.items()},
-                **{f"roc_auc_{g}": metrics.roc_auc(scores[g], negative) for g in MEMORIZED}}
-    text = write_reports(out_dir, {"thresholds": thresholds, "num_images": args.num_images, "detection": detected,
-                                   "prompts": {g: [p for p, _ in v] for g, v in sets.items()}, "results": results,
-                                   **summarize(results)})
-    figures.tradeoff_plot(results, os.path.join(out_dir, "tradeoff.png"))
-    figures.method_grid(grid_images, sets, os.path.join(out_dir, "grid.png"))
-    figures.traces_plot(traces, thresholds["lambda_pr"], os.path.join(out_dir, "traces.png"))
-    figures.roc_plot(scores, os.path.join(out_dir, "roc.png"))
+    runs, partials = [], []
+    for i, run_dir in enumerate(args.run):
+        try:
+            run, images, traces, partial = evaluate_run(run_dir, args, jobs, out_dir, i)
+        except (CheckpointError, ValueError) as e:
+            sys.exit(f"error: {e}")
+        runs.append(run)
+        partials.append(partial)
+        if i == 0:  # the pictures show the first run; the numbers pool them all
+            grid_images = {m: im for (m, k), im in zip(jobs, images) if k == METHODS[m].SWEEP[0]}
+            first_traces, first_sets = traces, {g: [(p, None) for p in v] for g, v in run["prompts"].items()}
+    pooled = pool(runs)
+    pooled["runs"] = [{"run": r["name"], "seed": r["seed"], "thresholds": r["thresholds"]} for r in runs]
+    pooled["num_images"] = args.num_images
+    pooled["prompts"] = {r["name"]: r["prompts"] for r in runs}
+    text = write_reports(out_dir, pooled, prompt_rows(runs))
+    figures.tradeoff_plot(results_at(runs), os.path.join(out_dir, "tradeoff.png"))
+    figures.method_grid(grid_images, first_sets, os.path.join(out_dir, "grid.png"))
+    figures.traces_plot(first_traces, runs[0]["thresholds"]["lambda_pr"], os.path.join(out_dir, "traces.png"))
+    figures.roc_plot({g: np.concatenate([r["scores"][g] for r in runs]) for g in runs[0]["scores"]},
+                     os.path.join(out_dir, "roc.png"))
     print(text)
-    print("first-step detection ROC-AUC: " + ", ".join(f"{g} {detected[f'roc_auc_{g}']:.3f}" for g in MEMORIZED))
-    os.remove(partial)  # everything is in metrics.json now
-    print(f"wrote {out_dir}: metrics.json metrics.csv ablation.md tradeoff.png grid.png traces.png roc.png")
+    auc = {g: pooled["detection"][f"roc_auc_{g}"] for g in MEMORIZED}
+    print("first-step detection ROC-AUC: " + ", ".join(f"{g} {cell(f)}" for g, f in auc.items()))
+    for partial in partials:
+        os.remove(partial)  # everything is in metrics.json and per_prompt.csv now
+    print(f"wrote {out_dir}: metrics.json metrics.csv per_prompt.csv ablation.md tradeoff.png grid.png traces.png "
+          f"roc.png")
 
 
 if __name__ == "__main__":

@@ -148,3 +148,25 @@ def sample_rows(images, num_images, path, per_group=10, scale=4):
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def mask_rows(images, masks, num_images, path, per_group=6):
+    """For each group, the first sample of up to `per_group` prompts (top) over its end-token mask (bottom, each
+    scaled to its own maximum); images: group -> uint8 (P * K, H, W, 3), masks: group -> (P * K, H, W)."""
+    groups = list(masks)
+    fig, axes = plt.subplots(2 * len(groups), per_group, figsize=(1.1 * per_group, 2.2 * len(groups)), squeeze=False)
+    for row, g in enumerate(groups):
+        for j in range(per_group):
+            top, bottom = axes[2 * row, j], axes[2 * row + 1, j]
+            for ax in (top, bottom):
+                ax.axis("off")
+            k = j * num_images
+            if k >= len(masks[g]):
+                continue
+            top.imshow(images[g][k], interpolation="nearest")
+            bottom.imshow(np.asarray(masks[g][k]), cmap="magma", interpolation="nearest")
+        axes[2 * row, 0].set_title(g, fontsize=9, loc="left")
+    fig.suptitle("<eos> cross-attention at the last step (Bright Ending's mask), under each sample", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -26,10 +26,12 @@ import numpy as np
 from . import figures, metrics
 from .checkpoint import CheckpointError, write_json_atomic
 from .evaluate import prompt_sets
+from .guidance.bright_ending import end_token_mask, mass_on
 from .guidance.detect import magnitude_trace, plateau_steps
 from .judges import Judges
 from .pipeline import ToyPipeline, check_device
 from .captions import ATTRIBUTE_NAMES
+from .world import stamp_pattern
 
 TARGETS = {"r1": (">=", 3.0), "r2": ("<=", 1.3), "r3": (">=", 2.5)}  # the toy's bars (issue 10)
 SD = {"r1": "about 8", "r2": "about 1 or below", "r3": "about 4-5"}
@@ -85,6 +87,27 @@ def measure(pipe, judges, num_prompts=10, num_images=4, seed=0):
     return result, traces, images
 
 
+def stamp_region(size):
+    """bool (size, size): where the local-memorization stamp sits (world.stamp_pattern)."""
+    patch, o = stamp_pattern(size)
+    region = np.zeros((size, size), bool)
+    region[o:o + len(patch), o:o + len(patch)] = True
+    return region
+
+
+def end_token_probe(pipe, num_prompts=10, num_images=4, seed=0):
+    """Does the end token's attention localize? For each group, the mean share of Bright Ending's mask
+    (bright_ending.end_token_mask: <eos> cross-attention at the last step) on the stamp's region, and the region's
+    area: a map that localizes the stamp puts far more than the area's share there for local prompts.
+    Returns ({group: share}, area, masks: group -> (P * K, H, W))."""
+    sets = prompt_sets(pipe.dataset, per_group=num_prompts, seed=seed)
+    region = stamp_region(pipe.config.image_size)
+    x_T = pipe.initial_noise(num_images, seed)
+    masks = {g: end_token_mask(pipe, [p for p, _ in prompts], x_T.repeat(len(prompts), 1, 1, 1))
+             for g, prompts in sets.items()}
+    return {g: float(mass_on(m, region).mean()) for g, m in masks.items()}, float(region.mean()), masks
+
+
 def report(result):
     """The measurements as text: the ratios beside SD's and the bars, then each group's samples."""
     lines = ["ratio  toy     SD v1.4            bar      met"]
@@ -96,6 +119,9 @@ def report(result):
         lines.append(f"{group:9s} {g['first_step_m']:12.3f}  {g['mean_m']:8.3f}  {g['attr_shape']:5.0%}  "
                      f"{g['attr_colour']:6.0%}  {g['attr_position']:8.0%}  {g['copy']:9.0%} / {g['ratio_copy']:<9.0%}"
                      f"  {g['stamp']:5.0%}")
+    if "end_token_on_stamp" in result:
+        shares = ", ".join(f"{g} {v:.2f}" for g, v in result["end_token_on_stamp"].items())
+        lines.append(f"\n<eos> attention mask's share on the stamp region (area {result['stamp_area']:.2f}): {shares}")
     return "\n".join(lines)
 
 
@@ -113,6 +139,8 @@ def main(argv=None):
         pipe = ToyPipeline(args.run, device=check_device(args.device))
         judges = Judges.load(args.run, device=args.device)
         result, traces, images = measure(pipe, judges, args.num_prompts, args.num_images)
+        result["end_token_on_stamp"], result["stamp_area"], masks = end_token_probe(pipe, args.num_prompts,
+                                                                                    args.num_images)
     except (CheckpointError, ValueError) as e:
         sys.exit(f"error: {e}")
     out = args.out or os.path.join(args.run, "physics")
@@ -122,8 +150,9 @@ def main(argv=None):
     figures.physics_plot(traces, pipe.thresholds, {"clean": SD_CLEAN, "memorized": SD_MEMORIZED},
                          os.path.join(out, "physics.png"))
     figures.sample_rows(images, args.num_images, os.path.join(out, "samples.png"))
+    figures.mask_rows(images, masks, args.num_images, os.path.join(out, "end_token_masks.png"))
     print(report(result))
-    print(f"wrote {out}: physics.json physics.png samples.png")
+    print(f"wrote {out}: physics.json physics.png samples.png end_token_masks.png")
 
 
 if __name__ == "__main__":

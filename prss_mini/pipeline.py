@@ -80,14 +80,24 @@ class ToyPipeline:
 
     @property
     def thresholds(self):
-        """PRSS's thresholds for this run (lambda_ss, lambda_pr, tau): RUN/thresholds.json, calibrated on first use."""
-        if self._thresholds is None and self.run_dir is not None:
-            self._thresholds = load_or_calibrate(self)
-        return self._thresholds
+        """PRSS's thresholds (lambda_ss, lambda_pr, tau, ...) at the current sampling settings: pipe.sampling's
+        guidance_scale and num_inference_steps, the run's timestep_spacing and steps_offset. Read from
+        RUN/thresholds.json, calibrated for these settings on first use (guidance/calibrate.py); None without a run
+        folder. Thresholds set by hand (pipe.thresholds = {...}) apply at any settings."""
+        cache = self._thresholds if self._thresholds is not None else {}   # {settings: thresholds}
+        if "any settings" in cache:
+            return cache["any settings"]
+        key = (self.sampling["guidance_scale"], self.sampling["num_inference_steps"], self.schedule.timestep_spacing,
+               self.schedule.steps_offset)
+        if key not in cache and self.run_dir is not None:
+            cache[key] = load_or_calibrate(self)
+            self._thresholds = cache
+        return cache.get(key)
 
     @thresholds.setter
     def thresholds(self, value):
-        self._thresholds = value
+        # by hand (tests, notebooks): used at every setting until set to None, which also forgets the file's
+        self._thresholds = None if value is None else {"any settings": value}
 
     @property
     def detection_timestep(self):

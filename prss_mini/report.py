@@ -1,21 +1,28 @@
-"""The evaluation's written outputs: metrics.json, metrics.csv and ablation.md (markdown tables)."""
+"""The evaluation's written outputs: metrics.json, metrics.csv, per_prompt.csv and ablation.md (markdown tables).
+
+Every figure is pooled over the evaluated runs (pooling.py): its value, its 95% interval from resampling prompts,
+and each run's own value.
+"""
 
 import csv
 import json
 import os
 
 from .guidance import METHODS
-from .metrics import wilson_interval
 
 ABLATION = ("cfg", "pe", "pr", "ss", "prss")  # the paper's ablation rows: none / PE / PR only / SS only / PR + SS
+PER_PROMPT_COLUMNS = ("method", "setting", "group", "prompt", "run", "seed", "copy", "ratio_copy", "stamp",
+                      "similarity", "attribute_accuracy", "triggered", "chosen_prompt")
 
 
-def rate(row, key):
-    """A rate with its 95% Wilson interval when the row says on how many samples it was measured: '6% (2-14%)'."""
-    if "samples" not in row:
-        return f"{row[key]:.0%}"
-    low, high = wilson_interval(row[key], row["samples"])
-    return f"{row[key]:.0%} ({low:.0%}-{high:.0%})"
+def cell(fig, form=".3f"):
+    """'0.123 (0.100-0.150) [0.11, 0.14, 0.12]': value (95% interval) [per run], or '-' where it did not run."""
+    if fig is None or fig.get("value") is None:
+        return "-"
+    low, high = fig["ci95"]
+    runs = ", ".join(f"{v:{form}}" for v in fig["per_run"].values() if v is not None)
+    interval = "" if low is None else f" ({low:{form}}-{high:{form}})"
+    return f"{fig['value']:{form}}{interval}" + (f" [{runs}]" if len(fig["per_run"]) > 1 else "")
 
 
 def ablation_table(results):
@@ -26,8 +33,9 @@ def ablation_table(results):
         if r is None:
             continue
         g, l = r["groups"]["global"], r["groups"]["local"]
-        lines.append(f"| {METHODS[method].TITLE} | {g['similarity']:.3f} | {rate(g, 'copy')} | {rate(g, 'ratio_copy')} | "
-                     f"{g['clip']:.3f} | {g['attr']:.0%} | {rate(l, 'stamp')} | {l['clip']:.3f} | {l['attr']:.0%} |")
+        lines.append(f"| {METHODS[method].TITLE} | {cell(g['similarity'])} | {cell(g['copy'], '.0%')} | "
+                     f"{cell(g['ratio_copy'], '.0%')} | {cell(g['clip'])} | {cell(g['attr'], '.0%')} | "
+                     f"{cell(l['stamp'], '.0%')} | {cell(l['clip'])} | {cell(l['attr'], '.0%')} |")
     return "\n".join(lines)
 
 
@@ -35,44 +43,43 @@ def cost_table(cost_rows):
     lines = ["| method | UNet evals / image (memorized) | time vs CFG (memorized) | UNet evals / image (others) "
              "| time vs CFG (others) |", "|---|---|---|---|---|"]
     for m, r in cost_rows.items():
-        cell = lambda key, form, unit="": f"{r[key]:{form}}{unit}" if key in r else "-"  # -: not run on those
-        lines.append(f"| {m} | {cell('memorized_unet_evals_per_image', '.0f')} | "
-                     f"{cell('memorized_time_vs_cfg', '.2f', 'x')} | {cell('control_unet_evals_per_image', '.0f')} | "
-                     f"{cell('control_time_vs_cfg', '.2f', 'x')} |")
+        lines.append(f"| {m} | {cell(r.get('memorized_unet_evals_per_image'), '.0f')} | "
+                     f"{cell(r.get('memorized_time_vs_cfg'), '.2f')} | {cell(r.get('control_unet_evals_per_image'), '.0f')} "
+                     f"| {cell(r.get('control_time_vs_cfg'), '.2f')} |")
     return "\n".join(lines)
 
 
 def dominance_table(rows):
-    lines = ["| panel | baseline point | its privacy | its CLIP | PRSS CLIP at that privacy | margin | "
-             "a PRSS point dominates it |", "|---|---|---|---|---|---|---|"]
+    lines = ["| panel | baseline point | its privacy | its CLIP | PRSS CLIP at that privacy | PRSS - baseline | "
+             "verdict |", "|---|---|---|---|---|---|---|"]
     for r in rows:
-        at = "outside PRSS's range" if r["prss_utility"] is None else f"{r['prss_utility']:.3f}"
-        margin = "" if r["margin"] is None else f"{r['margin']:+.3f}"
-        lines.append(f"| {r['panel']} | {r['baseline']} | {r['privacy']:.3f} | {r['utility']:.3f} | {at} | {margin} "
-                     f"| {'yes' if r['dominated'] else 'no'} |")
-    wins = sum(r["margin"] is not None and r["margin"] > 0 for r in rows)
-    losses = sum(r["margin"] is not None and r["margin"] <= 0 for r in rows)
-    lines.append(f"\nPRSS has higher utility at {wins} baseline points and not at {losses}; "
-                 f"{sum(r['margin'] is None for r in rows)} lie outside its range; "
-                 f"{sum(r['dominated'] for r in rows)} of {len(rows)} are dominated by a PRSS point.")
+        lines.append(f"| {r['panel']} | {r['baseline']} | {cell(r['privacy'])} | {cell(r['utility'])} | "
+                     f"{cell(r['prss_utility'])} | {cell(r['margin'], '+.3f')} | {r['verdict']} |")
+    counts = {v: sum(r["verdict"] == v for r in rows) for v in ("beaten", "tied", "losing", "outside")}
+    lines.append(f"\nOf {len(rows)} baseline points, PRSS beats {counts['beaten']} (the 95% interval of the CLIP "
+                 f"difference is above 0), ties {counts['tied']}, loses to {counts['losing']}; {counts['outside']} "
+                 f"lie outside the privacy range of its settings.")
     return "\n".join(lines)
 
 
-def write_reports(out_dir, metrics):
-    """metrics.json (everything), metrics.csv (one row per setting and group) and ablation.md (the three tables).
-
-    Returns the text of ablation.md."""
+def write_reports(out_dir, metrics, prompt_rows):
+    """metrics.json (every pooled figure), metrics.csv (one row per setting, group and measure), per_prompt.csv
+    (one row per setting, group, prompt and run) and ablation.md (the three tables). Returns ablation.md's text."""
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2, default=float)
-    results = metrics["results"]
     with open(os.path.join(out_dir, "metrics.csv"), "w", newline="") as f:
         writer = csv.writer(f)
-        keys = sorted({k for r in results for g in r["groups"].values() for k in g})
-        writer.writerow(["method", "knobs", "group"] + keys)
-        for r in results:
+        writer.writerow(["method", "setting", "group", "measure", "value", "ci95_low", "ci95_high"])
+        for r in metrics["results"]:
             for g, row in r["groups"].items():
-                writer.writerow([r["method"], json.dumps(r["knobs"]), g] + [row.get(k, "") for k in keys])
-    text = (ablation_table(results) + "\n\n" + cost_table(metrics["cost"]) + "\n\n"
+                for name, fig in row.items():
+                    writer.writerow([r["method"], r["label"], g, name, fig["value"], *fig["ci95"]])
+    with open(os.path.join(out_dir, "per_prompt.csv"), "w", newline="") as f:
+        columns = list(PER_PROMPT_COLUMNS) + [k for k in prompt_rows[0] if k not in PER_PROMPT_COLUMNS]
+        writer = csv.DictWriter(f, columns)
+        writer.writeheader()
+        writer.writerows(prompt_rows)
+    text = (ablation_table(metrics["results"]) + "\n\n" + cost_table(metrics["cost"]) + "\n\n"
             + dominance_table(metrics["dominance"]) + "\n")
     with open(os.path.join(out_dir, "ablation.md"), "w") as f:
         f.write(text)

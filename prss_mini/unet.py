@@ -111,6 +111,8 @@ class CrossAttention(nn.Module):
         self.to_k = nn.Linear(context_dim, channels)
         self.to_v = nn.Linear(context_dim, channels)
         self.proj_out = nn.Linear(channels, channels)
+        self.record = False   # True: keep the last attention weights in self.weights (Bright Ending reads them)
+        self.weights = None
 
     def forward(self, x, context):
         B, C, H, W = x.shape
@@ -123,6 +125,8 @@ class CrossAttention(nn.Module):
         # and on small CPU tensors that kernel was up to 10x slower for some head sizes.
         scale = (C // self.num_heads) ** -0.5
         weights = (q @ k.transpose(-2, -1) * scale).softmax(dim=-1)  # (B, heads, H*W, L)
+        if self.record:
+            self.weights = weights.detach()
         out = weights @ v                                 # (B, heads, H*W, C/heads)
         out = self.proj_out(out.transpose(1, 2).reshape(B, H * W, C))
         return x + out.transpose(1, 2).reshape(B, C, H, W)

@@ -1,4 +1,7 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures, and `importorskip` for the optional Stable Diffusion packages."""
+
+import importlib
+import os
 
 import pytest
 import torch
@@ -7,6 +10,25 @@ from prss_mini.config import make_config, text_encoder_config, unet_config
 from prss_mini.pipeline import ToyPipeline
 from prss_mini.text_encoder import TextEncoder
 from prss_mini.unet import UNet
+
+
+# CI (.ci/run) installs diffusers and transformers and sets this, so that there a missing one fails the Stable
+# Diffusion tests instead of skipping them: a broken install must not pass as "optional package not installed".
+REQUIRE_SD = "PRSS_REQUIRE_SD"
+
+
+def importorskip(module, reason):
+    """`module`, imported; if that fails (not installed, or broken by its own dependencies), skip the test (or the
+    whole test file, at module level) with `reason`, or fail it with `reason` and the import error when the
+    environment variable PRSS_REQUIRE_SD=1."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        error = f"{type(e).__name__}: {e}"
+    if os.environ.get(REQUIRE_SD) == "1":
+        pytest.fail(f"{reason} ({error}). {REQUIRE_SD}=1 requires it: install it, or unset {REQUIRE_SD} to skip "
+                    f"these tests", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
 
 
 @pytest.fixture(scope="session")

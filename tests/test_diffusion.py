@@ -290,6 +290,46 @@ def test_steps_offset_shifts_leading_timesteps_like_stable_diffusion():
     assert ts[0] == 981 and ts[-1] == 1
 
 
+# every grid that exists: offset 5 with 333 steps (t = 1001) and 999 steps (t = 1003) would not
+GRIDS = ([(n, spacing, 0) for n in (1, 3, 7, 50, 333, 999, 1000) for spacing in ("leading", "trailing")]
+         + [(n, "leading", 1) for n in (1, 3, 7, 50, 333, 999)] + [(n, "leading", 5) for n in (1, 3, 7, 50)]
+         + [(n, "trailing", 5) for n in (1, 50, 1000)])
+
+
+@pytest.mark.parametrize("n, spacing, offset", GRIDS)
+def test_every_grid_visits_n_distinct_trained_timesteps_noisiest_first(n, spacing, offset):
+    ts = timesteps_for(n, NoiseSchedule(1000, timestep_spacing=spacing, steps_offset=offset))
+    assert len(ts) == n and all(a > b for a, b in zip(ts, ts[1:])) and 0 <= ts[-1] and ts[0] <= 999
+
+
+@pytest.mark.parametrize("n, offset, first, largest_offset", [(1000, 1, 1000, 0), (500, 2, 1000, 1),
+                                                               (333, 5, 1001, 3)])
+def test_leading_steps_offset_past_the_last_trained_timestep_raises_naming_the_settings(n, offset, first,
+                                                                                       largest_offset):
+    """diffusers' leading grid would start at t = first >= 1000 (and its first step fail); clamping would repeat
+    t = 999. The message names both settings and the largest offset that fits."""
+    with pytest.raises(ValueError, match=rf"num_inference_steps={n} .* steps_offset={offset} would start at "
+                                         rf"t = {first}.*steps_offset <= {largest_offset}"):
+        timesteps_for(n, NoiseSchedule(1000, steps_offset=offset))
+
+
+def test_leading_steps_offset_that_ends_exactly_at_the_last_trained_timestep_is_allowed():
+    assert timesteps_for(500, NoiseSchedule(1000, steps_offset=1))[:2] == [999, 997]
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing"])
+def test_ddpm_visits_every_trained_timestep_once_with_offset_zero(spacing):
+    seen = []
+    sample(lambda x_t, t, i: seen.append(t) or toy_hook(x_t, t, i), SHAPE, NoiseSchedule(20, timestep_spacing=spacing),
+           num_inference_steps=20, sampler="ddpm", generator=gen())
+    assert seen == list(range(19, -1, -1))
+
+
+def test_ddpm_with_a_leading_steps_offset_raises():
+    with pytest.raises(ValueError, match="steps_offset=1"):
+        sample(toy_hook, SHAPE, NoiseSchedule(20, steps_offset=1), num_inference_steps=20, sampler="ddpm")
+
+
 def test_unknown_timestep_spacing_raises():
     with pytest.raises(ValueError, match="timestep_spacing"):
         NoiseSchedule(1000, timestep_spacing="linspace")

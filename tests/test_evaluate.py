@@ -51,7 +51,7 @@ def test_sweep_factors_are_multiples_of_the_calibrated_thresholds():
     pipe = SimpleNamespace(thresholds={"lambda_ss": 0.5, "lambda_pr": 3.0, "tau": 5.0})
     assert prss.threshold(pipe, "lambda_ss", None, factor=2.0) == 1.0
     assert prss.reanchor_thresholds(pipe, None, None, tau_factor=0.5) == (3.0, 4.0)
-    assert pe.resolve_target(pipe, None, target_factor=0.5) == 0.25
+    assert prss.threshold(pipe, "lambda_ss", None, factor=0.5) == 0.25
 
 
 def test_every_sweep_starts_with_the_method_default_and_prss_spans_both_sides_of_it():
@@ -107,21 +107,23 @@ def _run(pipe, path):
     return evaluate.run_jobs(pipe, _stub_judges(), train, SETS, JOBS, 2, path, progress=False)
 
 
-def test_an_interrupted_evaluation_resumes_after_the_last_finished_prompt(random_pipe, tmp_path, monkeypatch):
+def test_an_interrupted_evaluation_resumes_after_the_last_finished_group_and_setting(random_pipe, tmp_path,
+                                                                                     monkeypatch):
     path, generate, calls = str(tmp_path / "partial.npz"), type(random_pipe).generate, []
 
     def generate_then_stop(self, *args, **kw):
-        if len(calls) == 3:  # the second prompt's second setting: Ctrl-C
+        if len(calls) == 1:  # the group's second setting: Ctrl-C
             raise KeyboardInterrupt
-        calls.append(args[0])
+        calls.append((args[0], kw.get("guidance_scale")))
         return generate(self, *args, **kw, num_inference_steps=3)
 
     monkeypatch.setattr(type(random_pipe), "generate", generate_then_stop)
     with pytest.raises(KeyboardInterrupt):
         _run(random_pipe, path)
+    assert calls == [(["a red circle in the top left", "a blue square"], None)]  # both prompts in one batch
     calls.clear()
     resumed, images = _run(random_pipe, path)
-    assert calls == ["a blue square", "a blue square"]  # the first prompt was not generated again
+    assert calls == [(["a red circle in the top left", "a blue square"], 1.0)]  # plain CFG was not run again
     monkeypatch.setattr(type(random_pipe), "generate", lambda self, *a, **kw: generate(self, *a, **kw,
                                                                                     num_inference_steps=3))
     fresh, fresh_images = _run(random_pipe, None)

@@ -5,10 +5,11 @@ import types
 
 import pytest
 
-from prss_mini import analysis, evaluate, report, sample
+from prss_mini import analysis, evaluate, pooling, report, sample
 from prss_mini.diffusion import cfg_hook
 from prss_mini.guidance import METHODS, build_hook
 from prss_mini.guidance.knobs import Knob
+from prss_mini.guidance.rows import encode_rows
 
 
 def fake_results(methods):
@@ -17,6 +18,19 @@ def fake_results(methods):
                                    "unet_evals_per_image", "seconds_per_image")} for g in evaluate.GROUPS}
     return [{"method": m, "knobs": k, "label": analysis.label(m, k), "groups": groups}
             for m, k in evaluate.jobs_for(methods)]
+
+
+def fake_pooled(methods):
+    """The pooled metrics (pooling.pool) of one fake run whose every per-prompt number is 0.5."""
+    row = {k: 0.5 for k in ("similarity", "copy", "ratio_copy", "stamp", "clip", "attr", "triggered", "evals",
+                            "seconds")}
+    results = fake_results(methods)
+    for r in results:
+        for g in r["groups"].values():
+            g["per_prompt"] = [{**row, "prompt": "p", "chosen_prompt": "p", "samples": 1}]
+    run = {"name": "run", "seed": 0, "results": results, "prompts": {g: ["p"] for g in evaluate.GROUPS},
+           "scores": {g: [0.5] for g in evaluate.GROUPS}}
+    return pooling.pool([run], n=5)
 
 
 @pytest.mark.parametrize("method", list(METHODS))
@@ -48,7 +62,7 @@ def test_every_method_is_reachable_from_the_cli_swept_and_tabled(method):
 def toy_method():
     """A new method, as a learner would write it: its file's declarations and a build."""
     def build(pipe, prompt, x_T, guidance_scale, seed, strength):
-        cond = pipe.encode([prompt]).expand(len(x_T), -1, -1)
+        cond = encode_rows(pipe, prompt, len(x_T))
         return cfg_hook(pipe.unet, cond, pipe.empty, guidance_scale * strength), {"strength": strength}
 
     return types.SimpleNamespace(TITLE="toy (a test)", BASELINE=True, build=build, VARIANTS=[{"strength": 0.9}],
@@ -68,7 +82,7 @@ def test_a_new_method_needs_its_file_and_one_registry_line(monkeypatch, random_p
     results = fake_results(list(METHODS))
     assert {"toy", "toy strength=0.9"} <= set(analysis.cost(results))
     assert {"toy", "toy strength=0.5"} <= {r["baseline"] for r in analysis.dominance(results)}
-    assert "toy strength=0.5" in report.dominance_table(analysis.dominance(results))
+    assert "toy strength=0.5" in report.dominance_table(fake_pooled(list(METHODS))["dominance"])
 
 
 def test_a_knob_the_method_does_not_have_is_an_error(random_pipe):
@@ -77,7 +91,6 @@ def test_a_knob_the_method_does_not_have_is_an_error(random_pipe):
 
 
 def test_ablation_rows_take_their_names_from_the_methods():
-    results = fake_results(list(report.ABLATION))
-    table = report.ablation_table(results)
+    table = report.ablation_table(fake_pooled(list(report.ABLATION))["results"])
     assert all(METHODS[m].TITLE in table for m in report.ABLATION)
     assert len(table.splitlines()) == 2 + len(report.ABLATION)  # header, rule, one row each

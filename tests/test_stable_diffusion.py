@@ -7,12 +7,14 @@ import json
 
 import pytest
 import torch
+from conftest import importorskip
 
-pytest.importorskip("diffusers", reason="prss_mini.stable_diffusion needs diffusers: pip install diffusers transformers")
+importorskip("diffusers", reason="prss_mini.stable_diffusion needs diffusers: pip install diffusers transformers")
 
 from diffusers import UNet2DConditionModel  # noqa: E402
 
 from prss_mini import stable_diffusion as sd  # noqa: E402
+from prss_mini.diffusion import NoiseSchedule, timesteps_for  # noqa: E402
 from prss_mini.guidance.pr import prompt_reanchor  # noqa: E402
 from prss_mini.guidance.ss import semantic_search  # noqa: E402
 
@@ -234,7 +236,7 @@ def test_bad_input_is_a_clear_value_error(unet, inputs, case):
 
 @pytest.fixture(scope="module")
 def pipe():
-    pytest.importorskip("transformers", reason="the pipeline tests need transformers: pip install transformers")
+    importorskip("transformers", reason="the pipeline tests need transformers: pip install transformers")
     pipe = sd.tiny_random_pipeline(seed=0)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -278,3 +280,35 @@ def test_a_prompt_missing_from_the_candidate_file_is_a_clear_value_error(tmp_pat
     path.write_text(json.dumps({"caption": "a red circle", "caption1": "p1"}) + "\n")
     with pytest.raises(ValueError, match="is not a 'caption'"):
         sd.resolve_candidates("a blue square", path)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The toy's sampling grid (prss_mini.diffusion.timesteps_for) against diffusers' DDIMScheduler.set_timesteps
+
+GRID_STEPS = (1, 3, 7, 50, 333, 500, 999, 1000)
+
+
+def diffusers_grid(n, spacing, offset):
+    """DDIMScheduler(1000 steps).set_timesteps(n).timesteps as a list (DDPMScheduler's grid is the same code)."""
+    from diffusers import DDIMScheduler
+
+    scheduler = DDIMScheduler(num_train_timesteps=1000, timestep_spacing=spacing, steps_offset=offset)
+    scheduler.set_timesteps(n)
+    return scheduler.timesteps.tolist()
+
+
+@pytest.mark.parametrize("spacing, offset", [("leading", 0), ("leading", 1), ("leading", 5), ("trailing", 0)])
+def test_the_toy_grid_is_diffusers_grid_wherever_diffusers_stays_below_1000(spacing, offset):
+    schedule = NoiseSchedule(1000, timestep_spacing=spacing, steps_offset=offset)
+    kept = [n for n in GRID_STEPS if diffusers_grid(n, spacing, offset)[0] <= 999]
+    assert kept and all(timesteps_for(n, schedule) == diffusers_grid(n, spacing, offset) for n in kept)
+
+
+@pytest.mark.parametrize("offset", [1, 5])
+def test_the_toy_refuses_every_leading_grid_diffusers_starts_past_the_last_trained_timestep(offset):
+    """diffusers returns t >= 1000 there and its first step fails with an IndexError; the toy refuses up front."""
+    past = [n for n in GRID_STEPS if diffusers_grid(n, "leading", offset)[0] > 999]
+    assert past
+    for n in past:
+        with pytest.raises(ValueError, match=f"num_inference_steps={n} .* steps_offset={offset}"):
+            timesteps_for(n, NoiseSchedule(1000, steps_offset=offset))

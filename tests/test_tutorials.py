@@ -1,14 +1,15 @@
-"""Every tutorial runs on the `tiny` run from a clean checkout and writes every figure it promises."""
+"""Every tutorial runs on the `tiny` run from a clean checkout and writes every figure it promises; one that needs an
+optional package (REQUIRES) is skipped without it, or fails under PRSS_REQUIRE_SD=1 (conftest.importorskip)."""
 
 import ast
 import glob
+import json
 import os
 import subprocess
 import sys
 
 import pytest
-
-pytestmark = pytest.mark.slow
+from conftest import REQUIRE_SD, importorskip
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TUTORIALS = sorted(glob.glob(os.path.join(ROOT, "tutorials", "[0-9][0-9]_*.py")))
@@ -41,11 +42,30 @@ for cell in re.split(r"(?m)^# %%.*$", open(path).read()):
 """
 
 
+def test_a_missing_optional_package_skips_the_test(monkeypatch):
+    monkeypatch.delenv(REQUIRE_SD, raising=False)
+    with pytest.raises(pytest.skip.Exception, match="needs no_such_module_prss"):
+        importorskip("no_such_module_prss", reason="needs no_such_module_prss")
+
+
+def test_a_missing_optional_package_fails_the_test_under_prss_require_sd(monkeypatch):
+    monkeypatch.setenv(REQUIRE_SD, "1")
+    message = r"needs no_such_module_prss \(ModuleNotFoundError: .*\)\. PRSS_REQUIRE_SD=1 requires it"
+    with pytest.raises(pytest.fail.Exception, match=message):
+        importorskip("no_such_module_prss", reason="needs no_such_module_prss")
+
+
+def test_an_installed_optional_package_is_returned_under_prss_require_sd(monkeypatch):
+    monkeypatch.setenv(REQUIRE_SD, "1")
+    assert importorskip("json", reason="needs json") is json
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("way", ["script", "notebook"])
 @pytest.mark.parametrize("path", TUTORIALS, ids=[os.path.basename(p) for p in TUTORIALS])
 def test_tutorial_runs_and_writes_its_figures(path, way, request, tmp_path):
     for package in module_list(path, "REQUIRES", default=[]):  # optional packages (tutorial 10: diffusers)
-        pytest.importorskip(package, reason=f"{os.path.basename(path)} needs {package}")
+        importorskip(package, reason=f"{os.path.basename(path)} needs {package}")
     env = dict(os.environ, PRSS_QUICK="1", PRSS_TUTORIAL_OUT=str(tmp_path), MPLBACKEND="Agg")
     if "get_run(" in open(path).read():  # a tutorial on a trained toy run: the tiny one, trained once per session
         env["PRSS_RUN"] = str(request.getfixturevalue("tiny_run"))

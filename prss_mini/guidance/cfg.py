@@ -4,6 +4,7 @@ The reference every mitigation is compared with. The pure function lives in diff
 (`classifier_free_guidance`), as does the hook (`cfg_hook`); this file only adapts it to the method registry."""
 
 from ..diffusion import cfg_hook
+from .rows import encode_rows
 
 TITLE = "none (plain CFG)"
 KNOBS = ()
@@ -13,6 +14,6 @@ BASELINE = False
 
 
 def build(pipe, prompt, x_T, guidance_scale, seed):
-    """Hook for plain CFG on `prompt` for every sample of x_T (B, C, H, W)."""
-    cond = pipe.encode([prompt]).expand(len(x_T), -1, -1)                    # (B, L, D)
+    """Hook for plain CFG on `prompt` (one, or one per block of samples: rows.py) for every sample of x_T."""
+    cond = encode_rows(pipe, prompt, len(x_T))                               # (B, L, D)
     return cfg_hook(pipe.unet, cond, pipe.empty, guidance_scale), {}

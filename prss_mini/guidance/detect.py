@@ -29,17 +29,19 @@ def first_step_magnitude(pipe, contexts, x_T):
 
 
 @torch.no_grad()
-def magnitude_trace(pipe, prompt_contexts, x_T, num_steps=None, return_images=False):
+def magnitude_trace(pipe, prompt_contexts, x_T, num_steps=None, return_images=False, guidance_scale=None):
     """m_t at every step of plain-CFG DDIM sampling: (B, steps), noisiest step first, one curve per sample.
 
-    prompt_contexts: (B, L, D) or (1, L, D) prompt embeddings; x_T: (B, C, H, W). With return_images, also the
-    images the sampling ended at (uint8 (B, H, W, 3)), so a check of the physics sees its own samples."""
+    prompt_contexts: (B, L, D) or (1, L, D) prompt embeddings; x_T: (B, C, H, W). num_steps and guidance_scale
+    default to the run's (config). With return_images, also the images the sampling ended at
+    (uint8 (B, H, W, 3)), so a check of the physics sees its own samples."""
+    s = pipe.config.guidance_scale if guidance_scale is None else guidance_scale
     trace = []
 
     def hook(x_t, t, i):
         eps_u, eps_c = predict_noise(pipe.unet, x_t, t, [pipe.empty, prompt_contexts])
         trace.append(noise_magnitude(eps_c, eps_u))
-        return classifier_free_guidance(eps_u, eps_c, pipe.config.guidance_scale)
+        return classifier_free_guidance(eps_u, eps_c, s)
 
     x_0 = pipe.run_hook(hook, x_T, num_steps)
     trace = torch.stack(trace, dim=1)                                                      # (B, steps)

@@ -1,8 +1,10 @@
 """Gaussian noise injection, GNI (Somepalli et al., "Understanding and Mitigating Copying in Diffusion Models",
-NeurIPS 2023): perturb the prompt's text embedding so it no longer matches the memorized caption exactly,
+NeurIPS 2023): perturb the text embeddings so they no longer match the memorized caption exactly,
 
-    e' = e_p + lambda * N(0, I),         then plain CFG with e'.
+    e' = e + lambda * N(0, I),         then plain CFG with the perturbed embeddings.
 
+As the official PRSS repository runs it (its GNI pipeline adds the noise to what the prompt encoder returns under
+CFG), both the prompt's and the empty prompt's embeddings get fresh noise, a draw of their own for every sample.
 The knob lambda (`noise_scale`) trades memorization against prompt fidelity; the evaluation sweeps it.
 """
 
@@ -10,9 +12,10 @@ import torch
 
 from ..diffusion import cfg_hook
 from .knobs import Knob
+from .rows import blocks, encode_rows, stream
 
 TITLE = "GNI (Somepalli et al.)"
-KNOBS = (Knob("noise_scale", float, 0.5, "std of the Gaussian noise added to the prompt embedding"),)
+KNOBS = (Knob("noise_scale", float, 0.5, "std of the Gaussian noise added to the text embeddings"),)
 SWEEP = [{"noise_scale": 0.5}, {"noise_scale": 1.0}, {"noise_scale": 2.0}]
 VARIANTS = []
 BASELINE = True
@@ -28,7 +31,11 @@ def add_embedding_noise(context, noise_scale, generator):
 
 
 def build(pipe, prompt, x_T, guidance_scale, seed, noise_scale):
-    """Plain CFG where each sample of x_T (B, C, H, W) gets its own noisy copy of the prompt embedding."""
-    cond = pipe.encode([prompt]).expand(len(x_T), -1, -1)                    # (B, L, D), one copy per sample
-    cond = add_embedding_noise(cond, noise_scale, torch.Generator().manual_seed(seed))
-    return cfg_hook(pipe.unet, cond, pipe.empty, guidance_scale), {"noise_scale": noise_scale}
+    """Plain CFG where every sample of x_T (B, C, H, W) gets its own noisy copies of the empty and the prompt
+    embedding, drawn from the prompt's seed on a stream of GNI's own (never the numbers of x_T)."""
+    B = len(x_T)
+    both = torch.stack([pipe.empty.expand(B, -1, -1), encode_rows(pipe, prompt, B)])      # (2, B, L, D)
+    for _, sd, rows in blocks(prompt, B, seed):
+        both[:, rows] = add_embedding_noise(both[:, rows], noise_scale, stream(sd, "gni"))
+    uncond, cond = both                                                                  # (B, L, D) each
+    return cfg_hook(pipe.unet, cond, uncond, guidance_scale), {"noise_scale": noise_scale}

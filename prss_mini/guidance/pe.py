@@ -4,6 +4,10 @@ Diffusion Models", ICLR 2024).
 Wen et al. detect memorization by the first-step magnitude m(e) = ||eps(x_T, e) - eps(x_T, e_0)|| (detect.py).
 Their mitigation lowers it directly: gradient descent on the prompt's token embeddings e until m(e) <= target,
 then plain CFG with the optimized embedding. The knob `target` is swept by the evaluation.
+
+As in the official code: AdamW with its default weight decay (0.01), and token 0 (`<bos>`) never moves (the
+official loop zeroes its gradient; in a causal text encoder like CLIP's its state is the same for every prompt).
+Here token 0 is left out of the optimized tensor, so the weight decay does not shrink it either.
 """
 
 import torch
@@ -11,6 +15,8 @@ import torch
 from ..diffusion import cfg_hook
 from .detect import noise_magnitude
 from .knobs import Knob
+from .prss import threshold
+from .rows import encode_rows
 
 TITLE = "PE (Wen et al.)"
 KNOBS = (Knob("target", float, None, "target first-step magnitude (default: the calibrated lambda_ss)"),
@@ -23,7 +29,8 @@ BASELINE = True
 
 
 def optimize_embedding(unet, context, uncond, x_T, t, target, lr=0.05, max_iters=10):
-    """Minimise each sample's m(e) at timestep t with AdamW; each sample stops once its m <= target.
+    """Minimise each sample's m(e) at timestep t with AdamW over tokens 1..L-1; each sample stops once its
+    m <= target. Token 0 keeps its value.
 
     context: (B, L, D) or (1, L, D) prompt embeddings (one copy per sample is optimised); uncond: (1, L, D);
     x_T: (B, C, H, W); t: int (the first DDIM timestep). At most max_iters AdamW steps.
@@ -38,10 +45,12 @@ def optimize_embedding(unet, context, uncond, x_T, t, target, lr=0.05, max_iters
     m_out = torch.zeros(B, device=x_T.device)               # (B,): the magnitude of `best`
     done = torch.zeros(B, dtype=torch.bool, device=x_T.device)
     magnitudes = []
+    bos = best[:, :1].clone()                                # (B, 1, D): token 0, fixed
     with torch.enable_grad():                                # the sampling loop runs under no_grad
-        e = best.clone().requires_grad_(True)
-        optimizer = torch.optim.AdamW([e], lr=lr, weight_decay=0.0)   # no decay: it would shrink e towards 0
+        rest = best[:, 1:].clone().requires_grad_(True)      # (B, L - 1, D): what AdamW moves
+        optimizer = torch.optim.AdamW([rest], lr=lr)         # default weight_decay=0.01, as the official code
         for it in range(max_iters + 1):
+            e = torch.cat([bos, rest], dim=1)                                           # (B, L, D)
             m = noise_magnitude(unet(x_T, t_in, e), eps_u)                              # (B,)
             # A sample keeps the embedding of its first iterate at or below the target (no overshoot).
             best[~done], m_out[~done] = e.detach()[~done], m.detach()[~done]
@@ -50,27 +59,17 @@ def optimize_embedding(unet, context, uncond, x_T, t, target, lr=0.05, max_iters
             if done.all() or it == max_iters:
                 break
             # Samples are independent, so the sum gives each its own gradient. autograd.grad (not backward)
-            # differentiates w.r.t. e only: nothing accumulates in the frozen UNet's parameters.
-            (e.grad,) = torch.autograd.grad(m[~done].sum(), [e])
+            # differentiates w.r.t. the embedding only: nothing accumulates in the frozen UNet's parameters.
+            (rest.grad,) = torch.autograd.grad(m[~done].sum(), [rest])
             optimizer.step()
     return best, magnitudes
-
-
-def resolve_target(pipe, target, target_factor):
-    """The target magnitude: `target`, or the run's calibrated lambda_ss when it is None, times target_factor."""
-    if target is None:
-        target = (pipe.thresholds or {}).get("lambda_ss")
-        if target is None:
-            raise ValueError("pe needs a target magnitude: pass target=... (e.g. the calibrated lambda_ss), "
-                             "or calibrate the pipe first so pipe.thresholds['lambda_ss'] exists")
-    return target * target_factor
 
 
 def build(pipe, prompt, x_T, guidance_scale, seed, target, target_factor, lr, max_iters):
     """Plain CFG with an embedding optimised, per sample, on the loop's own x_T at the detection timestep (where
     the target was calibrated)."""
-    target = resolve_target(pipe, target, target_factor)
-    cond, magnitudes = optimize_embedding(pipe.unet, pipe.encode([prompt]), pipe.empty, x_T,
+    target = threshold(pipe, "lambda_ss", target, target_factor, guidance_scale, knob="target")
+    cond, magnitudes = optimize_embedding(pipe.unet, encode_rows(pipe, prompt, len(x_T)), pipe.empty, x_T,
                                           pipe.detection_timestep, target, lr, max_iters)
     info = {"target": float(target), "iterations": len(magnitudes) - 1, "magnitude_before": magnitudes[0].tolist(),
             "magnitude_after": magnitudes[-1].tolist()}

@@ -34,14 +34,15 @@ def reanchor_strength(m_t, guidance_scale, lambda_pr, tau):
     return torch.clamp(1 + (guidance_scale - 1) * (m_t - lambda_pr) / (tau - lambda_pr), max=guidance_scale)
 
 
-def prompt_reanchor(eps_uncond, eps_prompt, eps_target, guidance_scale, lambda_pr, tau):
+def prompt_reanchor(eps_uncond, eps_prompt, eps_target, guidance_scale, lambda_pr, tau, magnitude=None):
     """eps_hat of Prompt Re-anchoring, per sample (the equations above). All inputs (B, C, H, W); returns (B, C, H, W).
 
     eps_uncond = eps(x_t, e_0), eps_prompt = eps(x_t, e_p) (the memorized prompt, now the anchor),
-    eps_target = eps(x_t, e_ss) (where to go instead)."""
+    eps_target = eps(x_t, e_ss) (where to go instead). `magnitude` (B,) replaces m_t when given (per_prompt PRSS
+    judges a prompt's samples together, on the RMS of their m_t)."""
     check_thresholds(lambda_pr, tau, guidance_scale)
     s = guidance_scale
-    m_t = noise_magnitude(eps_target, eps_uncond)                                         # (B,)
+    m_t = noise_magnitude(eps_target, eps_uncond) if magnitude is None else magnitude    # (B,)
     s_pr = reanchor_strength(m_t, s, lambda_pr, tau).view(-1, 1, 1, 1)                   # (B, 1, 1, 1)
     reanchored = eps_prompt + s_pr * (eps_target - eps_prompt) + (s - s_pr) * (eps_target - eps_uncond)
     plain = eps_uncond + s * (eps_target - eps_uncond)

@@ -5,7 +5,10 @@ embedding (pe.py) instead of a searched paraphrase. With SS only (ss_only.py) it
 brings: PR privacy, SS utility.
 """
 
+import torch
+
 from . import prss
+from .pe import optimize_embedding
 
 TITLE = "PR only (target: PE embedding)"
 KNOBS = tuple(k for k in prss.KNOBS if k.name in ("lambda_ss", "lambda_pr", "tau", "lambda_ss_factor", "tau_factor",
@@ -18,6 +21,10 @@ BASELINE = False
 def build(pipe, prompt, x_T, guidance_scale, seed, lambda_ss, lambda_pr, tau, lambda_ss_factor, tau_factor,
           per_prompt):
     """Hook for PR towards PE's embedding on every triggered sample of x_T (B, C, H, W)."""
-    reanchor = prss.reanchor_thresholds(pipe, lambda_pr, tau, tau_factor)
-    lambda_ss = prss.threshold(pipe, "lambda_ss", lambda_ss, lambda_ss_factor)
-    return prss.guided_hook(pipe, prompt, x_T, guidance_scale, lambda_ss, [], per_prompt, reanchor, pe_target=True)
+    lambda_pr, tau = prss.reanchor_thresholds(pipe, lambda_pr, tau, tau_factor, guidance_scale)
+    guide = prss.reanchor_guide(pipe, prompt, len(x_T), guidance_scale, lambda_pr, tau, per_prompt)
+    lambda_ss = prss.threshold(pipe, "lambda_ss", lambda_ss, lambda_ss_factor, guidance_scale)
+    plan = prss.search(pipe, prompt, x_T, seed, lambda_ss, lambda text: [], per_prompt)   # detection only
+    e_opt, _ = optimize_embedding(pipe.unet, plan.e_p, pipe.empty, x_T, plan.t, lambda_ss)
+    plan.e_target = torch.where(plan.triggered.view(-1, 1, 1), e_opt, plan.e_target)
+    return prss.guided_hook(pipe, plan, guidance_scale, guide), plan.info

@@ -10,6 +10,7 @@ import numpy as np
 from ..diffusion import cfg_hook
 from ..captions import split_words, vocabulary
 from .knobs import Knob
+from .rows import blocks
 
 TITLE = "RTA (Somepalli et al.)"
 KNOBS = (Knob("num_tokens", int, 2, "number of random words inserted into the prompt"),)
@@ -40,8 +41,12 @@ def add_random_tokens(prompt, num_tokens, rng, max_length=24):
 
 
 def build(pipe, prompt, x_T, guidance_scale, seed, num_tokens):
-    """Plain CFG where each sample of x_T (B, C, H, W) gets its own randomly augmented prompt."""
-    rng = np.random.default_rng(seed)
-    prompts = [add_random_tokens(prompt, num_tokens, rng, pipe.tokenizer.max_length) for _ in range(len(x_T))]
+    """Plain CFG where each sample of x_T (B, C, H, W) gets its own randomly augmented prompt (drawn from the
+    prompt's seed, so a prompt gets the same words alone or in a batch)."""
+    prompts = []
+    for text, sd, rows in blocks(prompt, len(x_T), seed):
+        rng = np.random.default_rng(sd)
+        prompts += [add_random_tokens(text, num_tokens, rng, pipe.tokenizer.max_length)
+                    for _ in range(rows.stop - rows.start)]
     cond = pipe.encode(prompts)                                              # (B, L, D)
     return cfg_hook(pipe.unet, cond, pipe.empty, guidance_scale), {"prompts": prompts}

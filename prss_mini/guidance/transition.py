@@ -11,6 +11,7 @@ The knob `transition_step` is swept; transition_step = 0 is plain CFG.
 
 from ..diffusion import classifier_free_guidance, predict_noise
 from .knobs import Knob
+from .rows import encode_rows
 
 TITLE = "transition guidance (Jain et al.)"
 KNOBS = (Knob("transition_step", int, 10, "step index where normal guidance starts"),
@@ -30,7 +31,7 @@ def transition_scale(i, transition_step, guidance_scale, early_scale=0.0):
 def build(pipe, prompt, x_T, guidance_scale, seed, transition_step, early_scale):
     """CFG whose scale switches from early_scale to guidance_scale at step index transition_step."""
     transition_scale(0, transition_step, guidance_scale, early_scale)      # validate the knobs up front
-    cond = pipe.encode([prompt]).expand(len(x_T), -1, -1)                  # (B, L, D)
+    cond = encode_rows(pipe, prompt, len(x_T))                             # (B, L, D)
     uncond = pipe.empty                                                    # (1, L, D)
     info = {"scales": []}
 

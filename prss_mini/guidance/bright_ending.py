@@ -1,0 +1,73 @@
+"""Bright Ending, BE (Chen et al., ICLR 2025): where in the image is memorization? The end token's attention.
+
+In Stable Diffusion the `<eos>` token's hidden state sums the prompt up (CLIP's text transformer is causal), and at
+the last sampling step of a memorized prompt its cross-attention map is bright where the copied content sits.
+BE keeps that map from one plain CFG run, per sample on its own x_T:
+
+    M = mean over heads and over the down path's cross-attention layers of the highest resolution of
+        softmax(q k^T / sqrt(d))[..., eos]          at the last sampling step, for the prompt's branch
+
+and weighs the magnitude with it: m_masked = ||(eps_c - eps_u) * M|| / mean(M).
+"""
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..diffusion import classifier_free_guidance, predict_noise
+from ..unet import CrossAttention
+from .rows import encode_rows, prompt_rows
+
+
+def down_cross_attention(unet):
+    """The CrossAttention modules of the UNet's down path (encoder), in order."""
+    while not hasattr(unet, "down"):  # through wrappers (EpsilonModel, evaluation counters)
+        unet = getattr(unet, "model", None) or getattr(unet, "unet")
+    return [m for block in unet.down for m in block.modules() if isinstance(m, CrossAttention)]
+
+
+@torch.no_grad()
+def end_token_mask(pipe, prompt, x_T):
+    """M per sample: (B, H, W), non-negative, at the image's resolution (nearest upsampling of the attention grid).
+
+    Runs plain CFG from x_T (B, C, H, W) and records, at the last step, the prompt branch's attention of every
+    down-path cross-attention layer; the layers of the finest grid are averaged over heads and layers, at the
+    `<eos>` position of each sample's prompt."""
+    layers = down_cross_attention(pipe.unet)
+    B, steps = len(x_T), pipe.sampling["num_inference_steps"]
+    cond = encode_rows(pipe, prompt, B)                                                 # (B, L, D)
+    maps = []
+
+    def hook(x_t, t, i):
+        for m in layers:
+            m.record = i == steps - 1
+        eps_u, eps_c = predict_noise(pipe.unet, x_t, t, [pipe.empty, cond])
+        if i == steps - 1:
+            maps.extend(m.weights[B:] for m in layers)                                  # prompt branch: (B, h, N, L)
+        return classifier_free_guidance(eps_u, eps_c, pipe.sampling["guidance_scale"])
+
+    try:
+        pipe.run_hook(hook, x_T, steps)
+    finally:
+        for m in layers:
+            m.record, m.weights = False, None
+    finest = max(w.shape[2] for w in maps)
+    eos = (pipe.tokenizer(prompt_rows(prompt, B)) == pipe.tokenizer.eos_id).float().argmax(1)  # (B,)
+    mask = torch.stack([w.mean(1) for w in maps if w.shape[2] == finest]).mean(0)     # (B, N, L)
+    mask = mask[torch.arange(B), :, eos]                                                # (B, N)
+    side = int(round(finest ** 0.5))
+    H, W = x_T.shape[-2:]
+    return F.interpolate(mask.view(B, 1, side, side), size=(H, W), mode="nearest")[:, 0].cpu()
+
+
+def masked_magnitude(eps_cond, eps_uncond, mask):
+    """||(eps_c - eps_u) * M|| / mean(M) per sample: (B, C, H, W) x 2 and M (B, H, W) -> (B,)."""
+    m = mask.to(eps_cond.device)[:, None]                                               # (B, 1, H, W)
+    return ((eps_cond - eps_uncond) * m).flatten(1).norm(dim=1) / m.flatten(1).mean(1)
+
+
+def mass_on(mask, region):
+    """The share of each mask's total on a boolean region (H, W): (B, H, W) -> (B,). Against the region's area
+    (region.mean()) it says whether the map localizes there: equal shares mean a flat map."""
+    region = torch.as_tensor(np.asarray(region), dtype=mask.dtype)
+    return (mask * region).flatten(1).sum(1) / mask.flatten(1).sum(1)
