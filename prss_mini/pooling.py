@@ -32,7 +32,7 @@ def figure(value, draws, per_run):
 
 
 def tables(runs):
-    """Per (job k, group): (columns, values (R, P, M)) of the per-prompt rows of every run, with the columns
+    """Per (job k, group): (columns, [values (P_r, M) for each run r]) of the per-prompt rows, with the columns
     "evals", "seconds" and "samples" last: what results_at averages."""
     out = []
     for k, first in enumerate(runs[0]["results"]):
@@ -41,7 +41,7 @@ def tables(runs):
             rows = [run["results"][k]["groups"][g]["per_prompt"] for run in runs]
             cols = sorted({c for c, v in rows[0][0].items() if isinstance(v, float)} - {"evals", "seconds"})
             cols += ["evals", "seconds", "samples"]
-            out[k][g] = (cols, np.array([[[row[c] for c in cols] for row in rr] for rr in rows], dtype=np.float64))
+            out[k][g] = (cols, [np.array([[row[c] for c in cols] for row in rr], dtype=np.float64) for rr in rows])
     return out
 
 
@@ -54,9 +54,9 @@ def results_at(runs, picks=None, table=None):
         groups = {}
         for g, (cols, values) in table[k].items():
             if picks is not None:
-                values = np.stack([values[r][picks[r][g]] for r in range(len(runs))])      # (R, P, M)
-            total = values.reshape(-1, len(cols)).sum(0)
-            means = values.reshape(-1, len(cols)).mean(0)
+                values = [v[picks[r][g]] for r, v in enumerate(values)]
+            values = np.concatenate(values)                                                 # (sum of P_r, M)
+            total, means = values.sum(0), values.mean(0)
             groups[g] = {c: float(v) for c, v in zip(cols[:-3], means[:-3])}
             samples = total[-1]
             groups[g].update(samples=int(samples), unet_evals_per_image=float(total[-3] / samples),

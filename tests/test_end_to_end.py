@@ -133,11 +133,29 @@ def test_sample_cli_unknown_method_is_refused(tiny_run, tmp_path, capsys):
     assert "invalid choice: 'nope'" in capsys.readouterr().err
 
 
-def test_evaluate_quick_writes_every_output(tiny_run):
-    from prss_mini import evaluate
+def test_evaluate_quick_writes_pooled_figures_and_one_row_per_prompt(tiny_run):
+    import csv
+    import json
+    from prss_mini import evaluate, report
     evaluate.main(["--run", str(tiny_run), "--quick"])
+    out = tiny_run / "eval"
     for name in ("metrics.json", "metrics.csv", "ablation.md", "tradeoff.png", "grid.png", "traces.png", "roc.png"):
-        assert (tiny_run / "eval" / name).exists(), name
+        assert (out / name).exists(), name
+    with open(out / "per_prompt.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert set(report.PER_PROMPT_COLUMNS) <= set(rows[0]) and {r["run"] for r in rows} == {str(tiny_run)}
+    cfg_rows = [r for r in rows if r["method"] == "cfg"]
+    assert len(cfg_rows) == 4 * 2 and {r["seed"] for r in rows} == {"0"}  # quick: 2 prompts per group, 1 image
+    metrics = json.loads((out / "metrics.json").read_text())
+    copy = metrics["results"][0]["groups"]["global"]["copy"]
+    global_rates = [float(r["copy"]) for r in cfg_rows if r["group"] == "global"]
+    assert copy["value"] == pytest.approx(np.mean(global_rates)) and copy["per_run"] == {str(tiny_run): copy["value"]}
+    assert copy["ci95"][0] <= copy["value"] <= copy["ci95"][1]
+    prss = next(r for r in metrics["results"] if r["method"] == "prss")["groups"]
+    untouched = [r for r in rows if r["method"] == "prss" and r["triggered"] == "0.0"]
+    assert all(r["identical"] == "1.0" for r in untouched)  # untriggered samples are CFG's images, bit for bit
+    assert all(d["verdict"] in ("beaten", "tied", "losing", "outside") for d in metrics["dominance"])
+    assert prss["general"]["identical"]["value"] <= 1.0
 
 
 def test_physics_measures_every_group_and_its_ratios_come_from_those_traces(pipe, tiny_run, tmp_path):
@@ -155,4 +173,8 @@ def test_physics_measures_every_group_and_its_ratios_come_from_those_traces(pipe
     assert result["groups"]["global"]["curve"] == pytest.approx(traces["global"].mean(0), abs=1e-4)
     assert images["general"].shape == (4, 16, 16, 3) and images["general"].dtype == np.uint8
     physics.main(["--run", str(tiny_run), "--num-prompts", "2", "--num-images", "1", "--out", str(tmp_path)])
-    assert {p.name for p in tmp_path.iterdir()} == {"physics.json", "physics.png", "samples.png"}
+    assert {p.name for p in tmp_path.iterdir()} == {"physics.json", "physics.png", "samples.png",
+                                                    "end_token_masks.png"}
+    probe = __import__("json").loads((tmp_path / "physics.json").read_text())
+    assert probe["stamp_area"] == pytest.approx(36 / 256)  # the 6 x 6 stamp of a 16 x 16 image
+    assert all(0 <= share <= 1 for share in probe["end_token_on_stamp"].values())

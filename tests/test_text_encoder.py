@@ -63,3 +63,33 @@ def test_clip_loss_is_lower_for_matching_pairs():
 
 def test_image_encoder_shape():
     assert ImageEncoder(embed_dim=32)(torch.randn(2, 3, 16, 16)).shape == (2, 32)
+
+
+def test_a_causal_encoder_token_sees_only_the_tokens_before_it():
+    """CLIP's text transformer is causal: changing a word changes no state before it, and <bos> is one constant."""
+    torch.manual_seed(0)
+    enc = TextEncoder(TextEncoderConfig(**SMALL)).eval()
+    a, _ = enc(Tokenizer()(["a red circle in the top left"]))
+    b, _ = enc(Tokenizer()(["a red square"]))
+    assert torch.allclose(a[:, :3], b[:, :3], atol=1e-6)       # <bos> a red
+    assert not torch.allclose(a[:, 3], b[:, 3], atol=1e-3)     # circle / square
+
+
+def test_a_bidirectional_encoder_lets_later_words_change_earlier_states():
+    torch.manual_seed(0)
+    enc = TextEncoder(TextEncoderConfig(**SMALL, causal=False)).eval()
+    a, _ = enc(Tokenizer()(["a red circle"]))
+    b, _ = enc(Tokenizer()(["a red square"]))
+    assert not torch.allclose(a[:, 0], b[:, 0], atol=1e-3)
+
+
+def test_runs_made_before_text_causal_existed_read_as_bidirectional():
+    from prss_mini.config import from_dict, make_config, to_dict
+    old = {k: v for k, v in to_dict(make_config("tiny")).items() if k != "text_causal"}
+    assert from_dict(old).text_causal is False and make_config("tiny").text_causal is True
+
+
+def test_the_judges_text_encoder_is_bidirectional_whatever_the_model_uses():
+    from prss_mini.config import make_config
+    from prss_mini.judges import judge_text_config
+    assert judge_text_config(make_config("tiny", text_causal=True)).causal is False
