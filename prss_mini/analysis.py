@@ -7,6 +7,7 @@ memorization), utility such that higher is better (judge CLIP score against the 
 import numpy as np
 
 from .guidance import METHODS
+from .prompts import CONTROL, MEMORIZED
 
 PANELS = {"global": ("similarity", "similarity to nearest training image (lower = more private)"),
           "local": ("stamp", "stamp rate (lower = more private)")}
@@ -73,7 +74,7 @@ def cost(results):
         if not (first or r["label"] in variants):
             continue
         row = {}
-        for name, groups in (("memorized", ("global", "local")), ("control", ("general", "heldout"))):
+        for name, groups in (("memorized", MEMORIZED), ("control", CONTROL)):
             groups = [g for g in groups if g in r["groups"]]  # the evaluation's sets may leave a group out
             if not groups:
                 continue

@@ -11,7 +11,7 @@ import os
 from dataclasses import asdict, dataclass, fields
 
 from .checkpoint import CheckpointError
-from .diffusion import LOSS_WEIGHTINGS, PREDICTION_TYPES, SCHEDULES, NoiseSchedule, timesteps_for
+from .diffusion import LOSS_WEIGHTINGS, NoiseSchedule, check_beta_schedule, check_prediction_type, timesteps_for
 from .text_encoder import TextEncoderConfig
 from .unet import UNetConfig
 from .world import WorldConfig
@@ -136,10 +136,8 @@ def _check(cfg):
     bad = [f"--{k} {getattr(cfg, k)}" for k in at_least_one if getattr(cfg, k) < 1]
     if bad:
         raise ValueError(f"{', '.join(bad)}: these must be at least 1")
-    if cfg.prediction_type not in PREDICTION_TYPES:
-        raise ValueError(f"unknown prediction_type {cfg.prediction_type!r}; use one of {PREDICTION_TYPES}")
-    if cfg.beta_schedule not in SCHEDULES:
-        raise ValueError(f"unknown beta_schedule {cfg.beta_schedule!r}; use one of {SCHEDULES}")
+    check_prediction_type(cfg.prediction_type)  # diffusion.py's own checks, before the other rules below
+    check_beta_schedule(cfg.beta_schedule)
     if cfg.loss_weighting not in LOSS_WEIGHTINGS:
         raise ValueError(f"unknown loss_weighting {cfg.loss_weighting!r}; use one of {LOSS_WEIGHTINGS}")
     if not 0 < cfg.cond_drop_prob < 1:

@@ -23,15 +23,8 @@ class NoiseSchedule:
     """beta_1..beta_T and the derived alpha_t = 1 - beta_t, abar_t = prod_{s<=t} alpha_s (DDPM sec. 2)."""
 
     def __init__(self, num_train_timesteps=1000, beta_schedule="linear", timestep_spacing="leading", steps_offset=0):
+        _check_schedule(num_train_timesteps, beta_schedule, timestep_spacing, steps_offset)
         T = num_train_timesteps
-        if beta_schedule not in SCHEDULES:
-            raise ValueError(f"unknown beta_schedule {beta_schedule!r}; use one of {SCHEDULES}")
-        if not isinstance(T, int) or T < 2:
-            raise ValueError(f"num_train_timesteps must be an int >= 2, got {T!r}")
-        if timestep_spacing not in TIMESTEP_SPACINGS:
-            raise ValueError(f"unknown timestep_spacing {timestep_spacing!r}; use one of {TIMESTEP_SPACINGS}")
-        if not isinstance(steps_offset, int) or not 0 <= steps_offset < T:
-            raise ValueError(f"steps_offset must be an int in [0, {T}), got {steps_offset!r}")
         if beta_schedule == "linear":  # DDPM's choice
             betas = torch.linspace(1e-4, 0.02, T, dtype=torch.float64)
         elif beta_schedule == "scaled_linear":  # Stable Diffusion's choice
@@ -104,8 +97,7 @@ class EpsilonModel(torch.nn.Module):
 
 def as_epsilon_model(model, prediction_type, schedule):
     """The network as an eps predictor, whatever it was trained to predict."""
-    if prediction_type not in PREDICTION_TYPES:
-        raise ValueError(f"unknown prediction_type {prediction_type!r}; use one of {PREDICTION_TYPES}")
+    check_prediction_type(prediction_type)
     return EpsilonModel(model, schedule) if prediction_type == "v_prediction" else model
 
 
@@ -144,8 +136,7 @@ def diffusion_loss(model, x0, context, null_context, schedule, cond_drop_prob=0.
     by the empty caption, so one network learns both eps(x, c) and eps(x, null) as CFG needs (Ho & Salimans
     sec. 3.2). x0: (B, C, H, W); context: (B, L, D); null_context: (1, L, D).
     """
-    if prediction_type not in PREDICTION_TYPES:
-        raise ValueError(f"unknown prediction_type {prediction_type!r}; use one of {PREDICTION_TYPES}")
+    check_prediction_type(prediction_type)
     B, device = x0.shape[0], x0.device
     cond_drop_prob = torch.as_tensor(cond_drop_prob, dtype=torch.float32).expand(B)           # (B,)
     if not ((0 <= cond_drop_prob) & (cond_drop_prob <= 1)).all():
@@ -265,25 +256,15 @@ def sample(guidance, shape, schedule, num_inference_steps=50, sampler="ddim", et
     0 = noisiest). The loop runs under no_grad; a hook that needs gradients uses enable_grad.
     sampler "ddim" (eq. 12, any number of steps) or "ddpm" (Algorithm 2, all T steps).
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; use 'ddim' or 'ddpm'")
-    if sampler == "ddpm" and num_inference_steps != schedule.num_train_timesteps:
-        raise ValueError(f"ddpm needs num_inference_steps == num_train_timesteps "
-                         f"({schedule.num_train_timesteps}), got {num_inference_steps}; use sampler='ddim' for fewer steps")
+    _check_sample(sampler, num_inference_steps, schedule, shape, x_T)
     timesteps = timesteps_for(num_inference_steps, schedule)
-    if x_T is None:
-        x = _randn(shape, generator, device)  # (B, C, H, W)
-    else:
-        if tuple(x_T.shape) != tuple(shape):
-            raise ValueError(f"x_T has shape {tuple(x_T.shape)} but shape={tuple(shape)}")
-        x = x_T.to(device).clone()
+    x = _randn(shape, generator, device) if x_T is None else x_T.to(device).clone()  # x_T: (B, C, H, W)
     alphas_cumprod = schedule.alphas_cumprod
 
     with torch.no_grad():
         for i, t in enumerate(tqdm(timesteps, desc=f"{sampler} sampling", disable=not progress)):
             eps = guidance(x, t, i)
-            if eps.shape != x.shape:
-                raise ValueError(f"guidance hook returned shape {tuple(eps.shape)}, expected {tuple(x.shape)}")
+            _check_guidance_output(eps, x)
             if sampler == "ddpm":
                 noise = _randn(shape, generator, device) if t > 0 else None
                 x = ddpm_step(x, eps, t, schedule, noise, clip_sample)
@@ -328,3 +309,49 @@ def cfg_hook(model, cond, uncond, guidance_scale):
         eps_uncond, eps_cond = predict_noise(model, x_t, t, [uncond, cond])
         return classifier_free_guidance(eps_uncond, eps_cond, guidance_scale)
     return guidance
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Input checks, kept out of the way of the math above: each raises a ValueError that names the bad value
+
+
+def check_beta_schedule(beta_schedule):
+    """beta_schedule must be one of SCHEDULES (config._check calls this too)."""
+    if beta_schedule not in SCHEDULES:
+        raise ValueError(f"unknown beta_schedule {beta_schedule!r}; use one of {SCHEDULES}")
+
+
+def check_prediction_type(prediction_type):
+    """prediction_type must be one of PREDICTION_TYPES (config._check calls this too)."""
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"unknown prediction_type {prediction_type!r}; use one of {PREDICTION_TYPES}")
+
+
+def _check_schedule(num_train_timesteps, beta_schedule, timestep_spacing, steps_offset):
+    """NoiseSchedule's arguments: a known schedule and spacing, T >= 2 timesteps, 0 <= steps_offset < T."""
+    T = num_train_timesteps
+    check_beta_schedule(beta_schedule)
+    if not isinstance(T, int) or T < 2:
+        raise ValueError(f"num_train_timesteps must be an int >= 2, got {T!r}")
+    if timestep_spacing not in TIMESTEP_SPACINGS:
+        raise ValueError(f"unknown timestep_spacing {timestep_spacing!r}; use one of {TIMESTEP_SPACINGS}")
+    if not isinstance(steps_offset, int) or not 0 <= steps_offset < T:
+        raise ValueError(f"steps_offset must be an int in [0, {T}), got {steps_offset!r}")
+
+
+def _check_sample(sampler, num_inference_steps, schedule, shape, x_T):
+    """sample's arguments: a known sampler (ddpm on all T steps), a grid the schedule can visit, x_T of `shape`."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; use 'ddim' or 'ddpm'")
+    if sampler == "ddpm" and num_inference_steps != schedule.num_train_timesteps:
+        raise ValueError(f"ddpm needs num_inference_steps == num_train_timesteps "
+                         f"({schedule.num_train_timesteps}), got {num_inference_steps}; use sampler='ddim' for fewer steps")
+    timesteps_for(num_inference_steps, schedule)  # raises on a grid the schedule cannot visit
+    if x_T is not None and tuple(x_T.shape) != tuple(shape):
+        raise ValueError(f"x_T has shape {tuple(x_T.shape)} but shape={tuple(shape)}")
+
+
+def _check_guidance_output(eps, x):
+    """A guidance hook must return one eps per value of x_t."""
+    if eps.shape != x.shape:
+        raise ValueError(f"guidance hook returned shape {tuple(eps.shape)}, expected {tuple(x.shape)}")

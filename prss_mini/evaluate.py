@@ -35,33 +35,7 @@ from .judges import Judges
 from .pipeline import ToyPipeline, check_device
 from .pooling import pool, prompt_rows, results_at
 from .report import cell, write_reports
-from .world import memorized_captions
-
-GROUPS = ("global", "local", "general", "heldout")
-MEMORIZED, CONTROL = ("global", "local"), ("general", "heldout")
-
-
-def prompt_sets(data, per_group=8, seed=0):
-    """group -> list of (prompt, attributes (3,)), drawn once so every method sees the same prompts."""
-    rng = np.random.default_rng(seed)
-    largest = min(len(np.unique(data["captions"][data["group"] == g])) for g in ("local", "general"))
-    largest = min(largest, len(data["heldout_captions"]))
-    if not 1 <= per_group <= largest:
-        raise ValueError(f"per_group must be in [1, {largest}] (the smallest group of this run has {largest} "
-                         f"captions), got {per_group}")
-    sets = {}
-    for group in ("global", "local", "general"):
-        captions, first = np.unique(data["captions"][data["group"] == group], return_index=True)
-        attrs = data["attributes"][data["group"] == group][first]
-        if group == "global":  # every memorized caption (not the title-keeping variants of titled images)
-            pick = np.flatnonzero(np.isin(captions, memorized_captions(data)))
-        else:
-            pick = rng.choice(len(captions), per_group, replace=False)
-        sets[group] = [(str(captions[i]), attrs[i]) for i in sorted(pick)]
-    pick = rng.choice(len(data["heldout_captions"]), per_group, replace=False)
-    sets["heldout"] = [(str(data["heldout_captions"][i]), data["heldout_attributes"][i]) for i in sorted(pick)]
-    return sets
-
+from .prompts import CONTROL, GROUPS, MEMORIZED, prompt_sets
 
 def jobs_for(methods, quick=False):
     """[(method, knobs)]: plain CFG first (the reference), then each method's SWEEP and VARIANTS (quick: its first

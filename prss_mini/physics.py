@@ -25,7 +25,7 @@ import numpy as np
 
 from . import figures, metrics
 from .checkpoint import CheckpointError, write_json_atomic
-from .evaluate import prompt_sets
+from .prompts import prompt_sets
 from .guidance.bright_ending import end_token_mask, mass_on
 from .guidance.detect import magnitude_trace, plateau_steps
 from .judges import Judges

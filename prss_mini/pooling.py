@@ -17,9 +17,9 @@ each resample, so its interval carries the same uncertainty.
 import numpy as np
 
 from . import analysis, metrics
+from .prompts import CONTROL, MEMORIZED
 
 RESAMPLES = 1000
-MEMORIZED, CONTROL = ("global", "local"), ("general", "heldout")
 KEEP = ("method", "knobs", "label", "panel", "baseline", "dominated")  # names, not figures
 
 

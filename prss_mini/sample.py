@@ -16,10 +16,9 @@ import sys
 import numpy as np
 
 from .checkpoint import CheckpointError
+from .diffusion import SAMPLERS
 from .guidance import METHODS
 from .pipeline import ToyPipeline, check_device
-
-SAMPLERS = ("ddim", "ddpm")
 
 
 def command_line_knobs():

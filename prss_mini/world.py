@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from .captions import ATTRIBUTE_NAMES, COLOURS, CREDITS, POSITIONS, SHAPES, TITLES, VALUES, make_caption
+from .prompts import memorized_captions, num_variants  # noqa: F401  (where the tests and tutorials found them)
 
 SHAPE_COLOURS = {"red": (0.90, 0.16, 0.14), "green": (0.10, 0.75, 0.25), "blue": (0.12, 0.30, 0.95),
                  "yellow": (0.98, 0.85, 0.10), "purple": (0.62, 0.18, 0.85)}
@@ -256,21 +257,6 @@ def build_dataset(cfg: WorldConfig):
         "heldout_captions": np.array(heldout_captions),
         "heldout_attributes": np.repeat(heldout, cfg.heldout_phrasings, axis=0).astype(np.int64),
     }
-
-
-def memorized_captions(data):
-    """The memorized prompts: the fixed caption of every global image (its most frequent caption), sorted."""
-    out = []
-    for image_id in np.unique(data["image_id"][data["group"] == "global"]):
-        captions, counts = np.unique(data["captions"][data["image_id"] == image_id], return_counts=True)
-        out.append(str(captions[counts.argmax()]))
-    return sorted(out)
-
-
-def num_variants(data, caption):
-    """How many other phrasings the image of `caption` was trained under (0 for a caption of one fixed string)."""
-    image_id = data["image_id"][data["captions"] == caption][0]
-    return len(np.unique(data["captions"][data["image_id"] == image_id])) - 1
 
 
 def preview_grid(dataset, path, per_group=8, scale=4):

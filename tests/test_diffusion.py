@@ -1,6 +1,7 @@
 """The executable spec of prss_mini/diffusion.py: one rule per test, named as the rule."""
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -80,18 +81,23 @@ def test_schedule_to_returns_a_copy():
 
 # ---- forward process (the training loss: test_training_loss.py) ------------------------------
 
-def test_add_noise_of_zero_image_has_std_sqrt_one_minus_alpha_bar():
-    s, n = NoiseSchedule(1000), 20000
-    t = torch.full((n,), 500, dtype=torch.long)
-    x_t = add_noise(torch.zeros(n, 1, 1, 1), torch.randn(n, 1, 1, 1, generator=gen()), t, s)
-    assert x_t.std().item() == pytest.approx((1 - s.alphas_cumprod[500]).sqrt().item(), rel=0.03)
+def test_add_noise_is_sqrt_abar_t_x0_plus_sqrt_one_minus_abar_t_noise():
+    """DDPM eq. 4 for a given noise tensor, each sample at its own t; abar_t = prod_{s <= t} (1 - beta_s) of the
+    linear schedule (betas 1e-4 .. 0.02), computed here in float64 numpy."""
+    s, t = NoiseSchedule(1000, "linear"), torch.tensor([0, 500, 999])
+    x0, noise = torch.randn(3, 2, 2, 2, generator=gen(1)), torch.randn(3, 2, 2, 2, generator=gen(2))
+    abar = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))[[0, 500, 999]]
+    assert abar[0] == pytest.approx(0.9999)                              # t = 0: one step of beta_1 = 1e-4
+    expected = [a ** 0.5 * x0[b].double() + (1 - a) ** 0.5 * noise[b].double() for b, a in enumerate(abar)]
+    x_t = add_noise(x0, noise, t, s)
+    assert torch.allclose(x_t.double(), torch.stack(expected), atol=1e-5)
 
 
-def test_add_noise_of_constant_image_has_mean_sqrt_alpha_bar_times_constant():
-    s, n, c = NoiseSchedule(1000), 20000, 2.0
-    t = torch.full((n,), 300, dtype=torch.long)
-    x_t = add_noise(torch.full((n, 1, 1, 1), c), torch.randn(n, 1, 1, 1, generator=gen()), t, s)
-    assert x_t.mean().item() == pytest.approx(s.alphas_cumprod[300].sqrt().item() * c, abs=0.02)
+@pytest.mark.parametrize("t", [torch.tensor([3, 3, 3]), torch.tensor([[3], [3]]), torch.tensor(3)])
+def test_add_noise_refuses_a_t_that_is_not_one_timestep_per_sample(t):
+    x0 = torch.zeros(SHAPE)  # B = 2
+    with pytest.raises(ValueError, match=r"t must be a \(B,\) long tensor with B=2, got shape"):
+        add_noise(x0, torch.zeros(SHAPE), t, NoiseSchedule(1000))
 
 
 # ---- single steps -------------------------------------------------------------------------
@@ -132,7 +138,21 @@ def test_ddpm_step_requires_noise_except_at_t0():
     s = NoiseSchedule(20)
     with pytest.raises(ValueError, match="noise"):
         ddpm_step(torch.randn(SHAPE), torch.randn(SHAPE), 5, s)
-    ddpm_step(torch.randn(SHAPE), torch.randn(SHAPE), 0, s)  # final step is the mean, no noise
+    x, eps = torch.randn(SHAPE, generator=gen(1)), torch.randn(SHAPE, generator=gen(2))
+    # t = 0 returns the posterior mean (x_t - beta_0 / sqrt(1 - abar_0) eps) / sqrt(alpha_0); there beta_0 = 1e-4,
+    # alpha_0 = abar_0 = 0.9999, so the mean is (x_t - 0.01 eps) / sqrt(0.9999), and no noise is added
+    assert torch.allclose(ddpm_step(x, eps, 0, s), (x - 0.01 * eps) / 0.9999 ** 0.5, atol=1e-6)
+
+
+def test_ddim_step_with_eta_between_zero_and_one_adds_eta_times_ddpm_sigma_of_noise():
+    """sigma = eta sqrt((1 - abar_prev) / (1 - abar_t)) sqrt(1 - abar_t / abar_prev) (DDIM eq. 16); x_prev =
+    sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - sigma^2) eps + sigma noise. For eta = 0.5, abar_t = 0.5,
+    abar_prev = 0.7: sigma = 0.5 sqrt(0.3 / 0.5) sqrt(1 - 5/7) = 0.5 sqrt(1.2 / 7) = 0.20702."""
+    x, eps, noise = (torch.randn(SHAPE, generator=gen(k)) for k in (1, 2, 3))
+    sigma = 0.20702
+    x0_hat = (x - 0.5 ** 0.5 * eps) / 0.5 ** 0.5
+    expected = 0.7 ** 0.5 * x0_hat + (1 - 0.7 - sigma ** 2) ** 0.5 * eps + sigma * noise
+    assert torch.allclose(ddim_step(x, eps, 0.5, 0.7, eta=0.5, noise=noise), expected, atol=1e-4)
 
 
 # ---- timesteps and the sampling loop ------------------------------------------------------

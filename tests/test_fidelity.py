@@ -122,3 +122,16 @@ def test_a_batch_of_prompts_gives_each_prompt_its_own_call_s_images(random_pipe,
     assert np.abs(batch.astype(int) - alone.astype(int)).max() <= 1   # float rounding of other batch sizes
     if method == "prss":
         assert info["triggered"] == [True] * 4 and len(info["prompt"]) == 4
+
+
+def test_a_method_whose_build_does_not_take_its_knobs_is_refused_when_the_registry_reads_it():
+    import types
+    from prss_mini.guidance import check_method
+    from prss_mini.guidance.knobs import Knob
+    module = types.SimpleNamespace(TITLE="x", SWEEP=[{}], VARIANTS=[], BASELINE=True,
+                                   KNOBS=(Knob("strength", float, 1.0, "a knob"),),
+                                   build=lambda pipe, prompt, x_T, guidance_scale, seed, strenght: None)
+    with pytest.raises(ValueError, match=r"'x': build takes .*'strenght'\], but its KNOBS say .*'strength'\]"):
+        check_method("x", module)
+    with pytest.raises(ValueError, match=r"does not declare \['TITLE'\]"):
+        check_method("y", types.SimpleNamespace(**{k: v for k, v in vars(module).items() if k != "TITLE"}))

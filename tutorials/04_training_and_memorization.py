@@ -35,7 +35,7 @@ import numpy as np
 from prss_mini import metrics
 from prss_mini.checkpoint import load_checkpoint
 from prss_mini.config import to_dict
-from prss_mini.evaluate import prompt_sets
+from prss_mini.prompts import prompt_sets
 from prss_mini.guidance.paraphrase import paraphrases
 from prss_mini.config import unet_config
 from prss_mini.pipeline import ToyPipeline
@@ -95,7 +95,7 @@ print(f"saved {os.path.join(OUT, 'loss.png')}: {len(losses)} steps, loss {losses
 # * **stamp**: `stamp_present`, the local-memorization stamp at its place.
 #
 # Groups: every global caption; 8 each (2 in quick mode) of local, general and held-out prompts
-# (`evaluate.prompt_sets`, the function the evaluation draws its prompts with; it takes 5 per group
+# (`prompts.prompt_sets`, the function the evaluation draws its prompts with; it takes 5 per group
 # there, so these are other draws); one paraphrase of every global caption.
 
 # %%

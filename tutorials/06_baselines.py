@@ -31,7 +31,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from prss_mini import metrics
-from prss_mini.evaluate import CountingUNet, prompt_sets
+from prss_mini.evaluate import CountingUNet
+from prss_mini.prompts import prompt_sets
 from prss_mini.judges import Judges
 from prss_mini.pipeline import ToyPipeline
 from prss_mini.captions import parse_caption

@@ -24,7 +24,7 @@ import torch
 
 from prss_mini import metrics
 from prss_mini.diffusion import classifier_free_guidance, predict_noise, timesteps_for
-from prss_mini.evaluate import prompt_sets
+from prss_mini.prompts import prompt_sets
 from prss_mini.guidance.detect import magnitude_trace, noise_magnitude
 from prss_mini.guidance.paraphrase import paraphrases
 from prss_mini.guidance.pr import prompt_reanchor, reanchor_strength

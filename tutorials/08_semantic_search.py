@@ -24,7 +24,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from prss_mini import metrics
-from prss_mini.evaluate import prompt_sets
+from prss_mini.prompts import prompt_sets
 from prss_mini.guidance.detect import first_step_magnitude
 from prss_mini.guidance.paraphrase import paraphrases, same_meaning
 from prss_mini.guidance.ss import SearchResult

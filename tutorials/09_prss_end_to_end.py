@@ -26,17 +26,17 @@ import shutil
 import matplotlib.pyplot as plt
 import numpy as np
 
-from prss_mini import analysis, evaluate, figures, metrics, report
+from prss_mini import evaluate, report
 from prss_mini.guidance import METHODS
-from prss_mini.judges import Judges
 from prss_mini.pipeline import ToyPipeline
+from prss_mini.prompts import prompt_sets
 
 RUN = get_run()
 OUT = out_dir("09_prss_end_to_end")
 pipe = ToyPipeline(RUN)
 FIGURES = ["prss_vs_cfg.png", "tradeoff.png", "grid.png", "ablation_vs_paper.png"]
 
-sets = evaluate.prompt_sets(pipe.dataset, per_group=8, seed=0)
+sets = prompt_sets(pipe.dataset, per_group=8, seed=0)
 K = 2 if quick() else 3
 print({k: round(v, 3) for k, v in pipe.thresholds.items() if k in ("lambda_ss", "lambda_pr", "tau")})
 
@@ -73,36 +73,28 @@ print(f"saved {OUT}/prss_vs_cfg.png\nLook at: the general columns should be iden
 #
 # `python -m prss_mini.evaluate --run RUN` samples all global prompts and 5 each of the local, general and
 # held-out ones, 4 seeds each, for every method and knob setting (a baseline's sweep on memorized prompts only),
-# and writes RUN/eval/ (about 11 minutes on the `cpu` run).
-# Here: if RUN/eval/metrics.json exists we reuse it (rerun the command after retraining!). In quick mode we
-# call the same machinery (`evaluate.run_jobs`, `analysis.summarize`, `figures.*`) on 2 prompts per group and 1 image, writing
-# only into this tutorial's folder, so a finished evaluation in RUN/eval is never overwritten by a smoke run.
+# and writes RUN/eval/ (about 5 minutes on the `cpu` run). Every figure in it comes with a 95% interval from
+# resampling prompts (a prompt's seeds move together), and `--run` given several times pools runs trained with
+# other seeds: the README's verdict is pooled over three.
+# Here: if RUN/eval/metrics.json exists we reuse it (rerun the command after retraining!). In quick mode the same
+# command runs on 2 prompts per group and 1 image (`--quick`), writing only into this tutorial's folder, so a
+# finished evaluation in RUN/eval is never overwritten by a smoke run.
 
 # %%
-eval_dir = os.path.join(RUN, "eval")
+eval_dir = os.path.join(OUT, "eval_quick") if quick() else os.path.join(RUN, "eval")
 if quick():
-    judges = Judges.load(RUN)
-    train_images, _, _ = metrics.unique_training_images(pipe.dataset)
-    small = {g: p[:2] for g, p in evaluate.prompt_sets(pipe.dataset, per_group=2, seed=0).items()}
-    methods = ("cfg", "pe", "pr", "ss", "prss", "lowcfg")   # the ablation, and the trivial baseline
-    jobs = [(m, METHODS[m].SWEEP[0]) for m in methods]
-    results, images = evaluate.run_jobs(pipe, judges, train_images, small, jobs, 1)
-    grid_images = dict(zip(methods, images))
-    summary = {"results": results, **analysis.summarize(results)}
-    figures.tradeoff_plot(results, os.path.join(OUT, "tradeoff.png"))
-    figures.method_grid(grid_images, small, os.path.join(OUT, "grid.png"))
+    evaluate.main(["--run", RUN, "--quick", "--methods", "cfg,pe,pr,ss,prss,lowcfg", "--out", eval_dir])
     print("quick mode: a smoke-sized evaluation (2 prompts per group, 1 image): the numbers are noise")
+elif os.path.exists(os.path.join(eval_dir, "metrics.json")):
+    print(f"reusing {eval_dir}/metrics.json (made by `python -m prss_mini.evaluate --run {RUN}`)")
 else:
-    if os.path.exists(os.path.join(eval_dir, "metrics.json")):
-        print(f"reusing {eval_dir}/metrics.json (made by `python -m prss_mini.evaluate --run {RUN}`)")
-    else:
-        print(f"no {eval_dir}/metrics.json yet: running the full evaluation (about 11 minutes on the cpu run)")
-        evaluate.main(["--run", RUN])
-    with open(os.path.join(eval_dir, "metrics.json")) as f:
-        summary = json.load(f)
-    results = summary["results"]
-    for name in ("tradeoff.png", "grid.png"):
-        shutil.copy(os.path.join(eval_dir, name), os.path.join(OUT, name))
+    print(f"no {eval_dir}/metrics.json yet: running the full evaluation (about 5 minutes on the cpu run)")
+    evaluate.main(["--run", RUN])
+with open(os.path.join(eval_dir, "metrics.json")) as f:
+    summary = json.load(f)
+results = summary["results"]   # every number a figure: {"value", "ci95", "per_run"}
+for name in ("tradeoff.png", "grid.png"):
+    shutil.copy(os.path.join(eval_dir, name), os.path.join(OUT, name))
 tables = "\n\n".join([report.ablation_table(results), report.cost_table(summary["cost"]),
                       report.dominance_table(summary["dominance"])])
 with open(os.path.join(OUT, "ablation.md"), "w") as f:
@@ -126,7 +118,8 @@ PAPER = {"cfg": (0.65, 0.30), "pe": (0.35, 0.23), "pr": (0.25, 0.22), "ss": (0.3
 missing = [m for m in PAPER if not any(r["method"] == m for r in results)]
 if missing:
     raise SystemExit(f"the evaluation has no {missing}: rerun `python -m prss_mini.evaluate --run {RUN}` (all methods)")
-first = {m: next(r for r in results if r["method"] == m)["groups"] for m in PAPER}   # each method's default
+first = {m: {g: {k: f["value"] for k, f in row.items()} for g, row in
+             next(r for r in results if r["method"] == m)["groups"].items()} for m in PAPER}   # defaults' values
 toy_g = {m: (g["global"]["similarity"], g["global"]["clip"]) for m, g in first.items()}
 toy_l = {m: (g["local"]["stamp"], g["local"]["clip"]) for m, g in first.items()}
 print(f"{'':32s} {'paper SSCD':>10s} {'toy sim':>8s} {'copy':>5s} {'stamp':>6s} | {'paper CLIP':>10s} "

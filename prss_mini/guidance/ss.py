@@ -5,9 +5,10 @@ not triggered and the prompt is kept. Otherwise the candidates, paraphrases that
 scored in order, and the sample takes the first whose magnitude is at most lambda_SS (early stop); if none is,
 the one with the smallest magnitude, the original prompt included.
 
-The search runs for a whole batch at once: candidate k is scored for every sample still searching in ONE call,
-and a sample leaves as soon as a candidate passes. Each sample gets exactly what its own one-by-one search would
-give (tutorial 08 has that version, and a test checks that the two agree).
+`search_one_sample` is that algorithm for one sample, as the paper writes it. `semantic_search`, which PRSS runs,
+does it for a whole batch at once: candidate k is scored for every sample still searching in ONE call, and a
+sample leaves as soon as a candidate passes. Each sample gets exactly what its own search would give (a test
+checks that the two agree).
 """
 
 from dataclasses import dataclass, field
@@ -20,6 +21,20 @@ class SearchResult:
     prompt: object               # the chosen prompt e_ss (a string, or whatever key the candidates are)
     triggered: bool              # was memorization detected on the original prompt?
     magnitudes: dict = field(default_factory=dict)  # prompt -> first-step magnitude, in the order scored
+
+
+def search_one_sample(prompt, candidates, magnitude, lambda_ss):
+    """SS for ONE sample: magnitude(p) -> the first-step magnitude of prompt p on this sample's x_T."""
+    seen = {prompt: float(magnitude(prompt))}
+    if seen[prompt] <= lambda_ss:                 # not memorized: keep the prompt, plain CFG
+        return SearchResult(prompt, False, seen)
+    for candidate in candidates:                  # in order; the first one at most lambda_SS wins (early stop)
+        if candidate in seen:                     # the prompt itself, or a repeat
+            continue
+        seen[candidate] = float(magnitude(candidate))
+        if seen[candidate] <= lambda_ss:
+            return SearchResult(candidate, True, seen)
+    return SearchResult(min(seen, key=seen.get), True, seen)   # none passed: the smallest, the prompt included
 
 
 def root_mean_square(m):
