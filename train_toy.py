@@ -1,6 +1,6 @@
 """Train everything a prss-mini run needs, in one command.
 
-    python train_toy.py --preset cpu --out runs/cpu          # ~13 minutes on 2 CPU cores
+    python train_toy.py --preset cpu --out runs/cpu          # about 15 minutes on 2 CPU cores
     python train_toy.py --preset tiny --out runs/tiny        # ~1 minute: for tests and a first look
     python train_toy.py --preset cpu --out runs/cpu --train_steps 5000   # any Config field as --key value
 
@@ -19,6 +19,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -113,69 +114,131 @@ def ema_update(ema, model, decay, step):
         e.lerp_(p, 1 - d)
 
 
+def embed_captions(encoder, captions, device):
+    """Every distinct caption through the frozen text encoder, once: it never changes while the UNet trains.
+
+    Returns contexts (U, L, D), one row per distinct caption; caption_index (N,), each training item's row; and
+    null (1, L, D), the empty caption's tokens (the unconditional branch's, for CFG)."""
+    tokenizer = Tokenizer()
+    with torch.no_grad():
+        unique, caption_index = np.unique(captions, return_inverse=True)
+        contexts = torch.cat([encoder(tokenizer(list(unique[i:i + 512])).to(device))[0]
+                              for i in range(0, len(unique), 512)])                       # (U, L, D)
+        null = encoder(tokenizer([""]).to(device))[0]                                      # (1, L, D)
+    return contexts, torch.as_tensor(caption_index, device=device), null
+
+
+def learning_rate(cfg, step):
+    """Cosine decay from lr to 10% of lr over train_steps: settles the weights so late samples are stable."""
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(step / cfg.train_steps, 1.0))))
+
+
+@dataclass
+class TrainState:
+    """Everything that changes while the UNet trains: what unet_train.pt holds, to resume bit for bit."""
+    unet: torch.nn.Module
+    ema: torch.nn.Module            # the weights we sample with (see ema_update)
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator      # draws every batch, timestep, noise and caption drop
+    step: int = 0                   # steps done
+    losses: list = field(default_factory=list)
+
+
+def new_train_state(cfg, device):
+    """A fresh UNet (initial weights from cfg.seed), its EMA copy, AdamW, and the batch generator (cfg.seed)."""
+    torch.manual_seed(cfg.seed)
+    unet = UNet(unet_config(cfg)).to(device)
+    ema = copy.deepcopy(unet).requires_grad_(False)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
+    return TrainState(unet, ema, optimizer, torch.Generator().manual_seed(cfg.seed))
+
+
+def training_checkpoint(state, cfg):
+    """The dict unet_train.pt holds: weights, EMA, optimizer, generator, step and losses (resume_training reads it)."""
+    return {"model": state.unet.state_dict(), "ema": state.ema.state_dict(), "optimizer": state.optimizer.state_dict(),
+            "generator": state.generator.get_state(), "step": state.step, "losses": state.losses,
+            "config": to_dict(cfg)}
+
+
+def resume_training(state, state_path, cfg):
+    """Load an interrupted run's unet_train.pt into `state`, if there is one: training goes on where it stopped."""
+    if not os.path.exists(state_path):
+        return
+    saved = load_checkpoint(state_path, to_dict(cfg), keys=("model", "ema", "optimizer", "generator", "step",
+                                                             "losses"))
+    state.unet.load_state_dict(saved["model"])
+    state.ema.load_state_dict(saved["ema"])
+    state.optimizer.load_state_dict(saved["optimizer"])
+    state.generator.set_state(saved["generator"])
+    state.step, state.losses = saved["step"], list(saved["losses"])
+    print(f"[3/4] resuming UNet training at step {state.step}")
+
+
+def get_batch(images, contexts, caption_index, drop_prob, batch_size, generator, device):
+    """batch_size training items drawn at random (with replacement): x0 (B, 3, H, W), their captions' tokens
+    (B, L, D) and their caption-drop probabilities (B,)."""
+    batch = torch.randint(len(images), (batch_size,), generator=generator).to(device)    # (B,)
+    return images[batch], contexts[caption_index[batch]], drop_prob[batch.cpu()]
+
+
+def training_step(cfg, state, x0, context, drop_prob, null, schedule):
+    """One AdamW step on the diffusion loss (diffusion.diffusion_loss), then the EMA update; state.step += 1."""
+    for group in state.optimizer.param_groups:
+        group["lr"] = learning_rate(cfg, state.step)
+    loss = diffusion_loss(state.unet, x0, context, null, schedule, drop_prob, state.generator, cfg.prediction_type,
+                          cfg.loss_weighting, cfg.snr_gamma, cfg.snr_floor)
+    state.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    state.optimizer.step()
+    ema_update(state.ema, state.unet, cfg.ema_decay, state.step)
+    state.losses.append(loss.item())
+    state.step += 1
+
+
+def preview_items(data, cfg):
+    """The training items the progress figures sample: up to 4 memorized (global), 4 general and 4 local ones."""
+    return torch.as_tensor(np.concatenate([np.flatnonzero(data["group"] == g)[::k][:4] for g, k in
+                                           (("global", cfg.global_duplicates), ("general", 1), ("local", 1))]))
+
+
+def save_along_the_way(cfg, out, state, state_path, preview_contexts, null, schedule, device):
+    """Every checkpoint_every steps unet_train.pt (to resume); every sample_every steps a snapshot of the EMA
+    weights (tutorial 04 measures the copy rate along training with them), loss.png and a grid of samples.
+    Both at the last step too."""
+    done = state.step
+    if done % cfg.checkpoint_every == 0 or done == cfg.train_steps:
+        save_atomic(training_checkpoint(state, cfg), state_path)
+    if done % cfg.sample_every == 0 or done == cfg.train_steps:
+        save_atomic({"model": state.ema.state_dict(), "step": done, "config": to_dict(cfg)},
+                    os.path.join(out, "snapshots", f"unet_{done:06d}.pt"))
+        save_progress_figures(out, state.losses, state.ema, cfg, preview_contexts, null, schedule, done, device)
+
+
 def stage_unet(cfg, out, data, encoder, device):
+    """Train the UNet from scratch or from unet_train.pt, and write its EMA weights to unet.pt."""
     final_path, state_path = os.path.join(out, "unet.pt"), os.path.join(out, "unet_train.pt")
     if os.path.exists(final_path):
         return
-    tokenizer = Tokenizer()
-    with torch.no_grad():  # the text encoder is frozen: embed every distinct caption once
-        captions, caption_index = np.unique(data["captions"], return_inverse=True)
-        contexts = torch.cat([encoder(tokenizer(list(captions[i:i + 512])).to(device))[0]
-                              for i in range(0, len(captions), 512)])                     # (U, L, D)
-        null = encoder(tokenizer([""]).to(device))[0]                                      # (1, L, D)
+    contexts, caption_index, null = embed_captions(encoder, data["captions"], device)  # (U, L, D), (N,), (1, L, D)
     images = images_to_tensor(data["images"]).to(device)                                  # (N, 3, H, W)
-    caption_index = torch.as_tensor(caption_index, device=device)
     drop_prob = caption_drop_probabilities(data["image_id"], cfg.cond_drop_prob, cfg.dedup_uncond)   # (N,)
-
-    torch.manual_seed(cfg.seed)
-    unet = UNet(unet_config(cfg)).to(device)
-    ema = copy.deepcopy(unet).requires_grad_(False)  # the weights we sample with (see ema_update)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
-    # cosine decay to 10% of lr: settles the weights so late samples are stable
-    lr_at = lambda s: cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s / cfg.train_steps, 1.0))))
-    generator = torch.Generator().manual_seed(cfg.seed)
+    state = new_train_state(cfg, device)
     schedule = noise_schedule(cfg).to(device)
-    step, losses = 0, []
-    if os.path.exists(state_path):
-        state = load_checkpoint(state_path, to_dict(cfg), keys=("model", "ema", "optimizer", "generator", "step",
-                                                                 "losses"))
-        unet.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
-        step, losses = state["step"], list(state["losses"])
-        print(f"[3/4] resuming UNet training at step {step}")
-    print(f"[3/4] UNet: {count_parameters(unet) / 1e6:.2f}M parameters, {cfg.train_steps} steps")
-    show = torch.as_tensor(np.concatenate([np.flatnonzero(data["group"] == g)[::k][:4] for g, k in
-                                           (("global", cfg.global_duplicates), ("general", 1), ("local", 1))]))
+    resume_training(state, state_path, cfg)
+    print(f"[3/4] UNet: {count_parameters(state.unet) / 1e6:.2f}M parameters, {cfg.train_steps} steps")
+    preview_contexts = contexts[caption_index[preview_items(data, cfg)]]
     from tqdm.auto import tqdm
-    bar = tqdm(range(step, cfg.train_steps), initial=step, total=cfg.train_steps, desc="UNet training")
-    for step in bar:
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step)
-        batch = torch.randint(len(images), (cfg.batch_size,), generator=generator).to(device)
-        loss = diffusion_loss(unet, images[batch], contexts[caption_index[batch]], null, schedule,
-                              drop_prob[batch.cpu()], generator, cfg.prediction_type, cfg.loss_weighting,
-                              cfg.snr_gamma, cfg.snr_floor)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        ema_update(ema, unet, cfg.ema_decay, step)
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
-        done = step + 1
-        if done % cfg.checkpoint_every == 0 or done == cfg.train_steps:
-            save_atomic({"model": unet.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
-                         "generator": generator.get_state(), "step": done, "losses": losses,
-                         "config": to_dict(cfg)}, state_path)
-        if done % cfg.sample_every == 0 or done == cfg.train_steps:
-            # a snapshot of the weights so far (tutorial 04 measures the copy rate along training with them)
-            save_atomic({"model": ema.state_dict(), "step": done, "config": to_dict(cfg)},
-                        os.path.join(out, "snapshots", f"unet_{done:06d}.pt"))
-            save_progress_figures(out, losses, ema, cfg, contexts[caption_index[show]], null, schedule, done, device)
-    save_atomic({"model": ema.state_dict(), "losses": losses, "config": to_dict(cfg)}, final_path)
+    bar = tqdm(range(state.step, cfg.train_steps), initial=state.step, total=cfg.train_steps, desc="UNet training")
+    for _ in bar:
+        x0, context, drop = get_batch(images, contexts, caption_index, drop_prob, cfg.batch_size, state.generator,
+                                      device)
+        training_step(cfg, state, x0, context, drop, null, schedule)
+        bar.set_postfix(loss=f"{np.mean(state.losses[-50:]):.4f}")
+        save_along_the_way(cfg, out, state, state_path, preview_contexts, null, schedule, device)
+    save_atomic({"model": state.ema.state_dict(), "losses": state.losses, "config": to_dict(cfg)}, final_path)
     os.remove(state_path)
-    print(f"[3/4] UNet: loss {np.mean(losses[:50]):.4f} -> {np.mean(losses[-200:]):.4f}; loss.png, samples_*.png")
+    print(f"[3/4] UNet: loss {np.mean(state.losses[:50]):.4f} -> {np.mean(state.losses[-200:]):.4f}; loss.png, "
+          f"samples_*.png")
 
 
 def stage_judges(cfg, out):

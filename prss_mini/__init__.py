@@ -21,4 +21,6 @@ Read the package like the table of contents of a lecture:
 
     stable_diffusion.py  past the toy: the same PRSS on a diffusers Stable Diffusion pipeline (optional,
                          needs diffusers; nothing above imports it)
+    sd_candidates.py     its paraphrases: a list, or the official code's jsonl
+    sd_tiny.py           a tiny random Stable Diffusion pipeline, for its tests
 """

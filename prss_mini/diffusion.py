@@ -345,7 +345,8 @@ def _check_sample(sampler, num_inference_steps, schedule, shape, x_T):
         raise ValueError(f"unknown sampler {sampler!r}; use 'ddim' or 'ddpm'")
     if sampler == "ddpm" and num_inference_steps != schedule.num_train_timesteps:
         raise ValueError(f"ddpm needs num_inference_steps == num_train_timesteps "
-                         f"({schedule.num_train_timesteps}), got {num_inference_steps}; use sampler='ddim' for fewer steps")
+                         f"({schedule.num_train_timesteps}), got {num_inference_steps}; use sampler='ddim' for "
+                         f"fewer steps")
     timesteps_for(num_inference_steps, schedule)  # raises on a grid the schedule cannot visit
     if x_T is not None and tuple(x_T.shape) != tuple(shape):
         raise ValueError(f"x_T has shape {tuple(x_T.shape)} but shape={tuple(shape)}")

@@ -1,13 +1,13 @@
 """Does the toy behave like Stable Diffusion? The magnitude physics PRSS was designed on, and the samples, measured.
 
-    python -m prss_mini.physics --run runs/cpu           # about a minute; writes RUN/physics/
+    python -m prss_mini.physics --run runs/cpu           # writes RUN/physics/ (time: README, "Times and status")
 
 Under plain CFG, m_t = ||eps(x_t, e_p) - eps(x_t, e_0)|| at every step (`detect.magnitude_trace`), for the
 clean prompts (general training captions) and the memorized ones (the global images' fixed captions), 4 x_T each.
 Three ratios summarise the curves:
 
     r1 = mean first-step m, memorized / clean                   Stable Diffusion v1.4: about 8
-    r2 = clean prompts: mean m_t of the last 5 steps / of steps 10-40                   about 1 or below
+    r2 = clean prompts: mean m_t of the last 5 steps / of steps 10-39                   about 1 or below
     r3 = whole-trajectory mean m_t, memorized / clean                                   about 4-5
 
 SD's curves (Wen et al.'s per-step plots: SD v1.4, DDIM 50, s = 7.5; read by eye): a clean prompt starts at

@@ -62,7 +62,8 @@ class ToyPipeline:
                                      self.schedule)
         self.image_shape = (3, config.image_size, config.image_size)
         self._dataset, self._empty, self._thresholds = None, None, None
-        # the sampling settings of the current call (generate sets them): the thresholds must be calibrated at them
+        # the sampling settings of the current call (generate sets them for its duration; the run's defaults
+        # otherwise): the thresholds a method reads are the ones calibrated at them
         self.sampling = {"guidance_scale": float(config.guidance_scale),
                          "num_inference_steps": int(config.num_inference_steps)}
 
@@ -146,7 +147,10 @@ class ToyPipeline:
         if isinstance(prompt, (list, tuple)) and len(seeds) != len(prompt):
             raise ValueError(f"a list of {len(prompt)} prompts needs a list of as many seeds, got {seed!r}")
         x_T = torch.cat([self.initial_noise(num_images, sd) for sd in seeds])             # (P * K, 3, H, W)
-        self.sampling = {"guidance_scale": float(s), "num_inference_steps": int(steps)}   # thresholds are read for these
-        hook, info = build_hook(method, self, prompt, x_T, s, seed=seed, **knobs)
-        images = tensor_to_images(self.run_hook(hook, x_T, steps, sampler, eta, seeds[0], progress))
+        defaults, self.sampling = self.sampling, {"guidance_scale": float(s), "num_inference_steps": int(steps)}
+        try:  # the call's settings, for the thresholds a method reads; the defaults again afterwards
+            hook, info = build_hook(method, self, prompt, x_T, s, seed=seed, **knobs)
+            images = tensor_to_images(self.run_hook(hook, x_T, steps, sampler, eta, seeds[0], progress))
+        finally:
+            self.sampling = defaults
         return (images, info) if return_info else images

@@ -12,13 +12,12 @@ The toy's pieces have SD counterparts, and the guidance code is the same:
 `classifier_free_guidance`, `noise_magnitude`, `semantic_search` and `prompt_reanchor` (the same functions as the
 toy's PRSS) decide per sample what to do with them. `generate` wraps it for a `StableDiffusionPipeline`.
 
+Two helpers live in their own files and are importable from here too: `read_candidates` (sd_candidates.py, the
+official code's jsonl of paraphrases) and `tiny_random_pipeline` (sd_tiny.py, a random pipeline for tests).
+
 diffusers (and transformers, for the text encoder) are optional: they are imported only inside the functions
 that need them, and nothing else in prss_mini imports this file. `pip install diffusers transformers`.
 """
-
-import json
-import os
-import re
 
 import torch
 
@@ -26,6 +25,9 @@ from .diffusion import classifier_free_guidance
 from .guidance.detect import noise_magnitude
 from .guidance.pr import check_thresholds, prompt_reanchor
 from .guidance.ss import semantic_search
+# read_candidates and tiny_random_pipeline live in their own files; sd.read_candidates etc. still work
+from .sd_candidates import read_candidates, resolve_candidates  # noqa: F401
+from .sd_tiny import tiny_random_pipeline  # noqa: F401
 
 METHODS = {
     "cfg": "plain classifier-free guidance on the prompt",
@@ -191,37 +193,6 @@ def first_step_magnitude(unet, scheduler, latents, prompt_embeds, negative_promp
 # A StableDiffusionPipeline: prompts in, images out
 
 
-def read_candidates(path):
-    """The official code's candidate file: {caption: [caption1, ..., caption25]} from its jsonl.
-
-    Each line is a JSON object with the memorized prompt under "caption" and its paraphrases under "caption1",
-    "caption2", ... (other fields, such as "index" and "url", are ignored)."""
-    table = {}
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            record = json.loads(line)
-            if "caption" not in record:
-                raise ValueError(f"{path}, line {n}: no 'caption' field (expected the official jsonl format: "
-                                 f"'caption' and its paraphrases 'caption1' ... 'caption25')")
-            numbered = {int(m[1]): record[k] for k in record if (m := re.fullmatch(r"caption(\d+)", k))}
-            table[record["caption"]] = [numbered[j] for j in sorted(numbered)]
-    return table
-
-
-def resolve_candidates(prompt, candidates):
-    """candidates as given to `generate`: a list of paraphrases, or the path of a jsonl (see read_candidates)."""
-    if candidates is None or isinstance(candidates, (list, tuple)):
-        return list(candidates or [])
-    if not isinstance(candidates, (str, os.PathLike)) or not os.path.isfile(candidates):
-        raise ValueError(f"candidates must be a list of paraphrases or the path of a jsonl file, got {candidates!r}")
-    table = read_candidates(candidates)
-    if prompt not in table:
-        raise ValueError(f"{prompt!r} is not a 'caption' in {candidates}: pass its paraphrases as a list instead")
-    return table[prompt]
-
-
 def encode(pipe, prompts):
     """CLIP token embeddings of a list of strings: (len(prompts), 77, D) for SD v1.x."""
     return pipe.encode_prompt(prompts, pipe.device, 1, False)[0]
@@ -297,43 +268,3 @@ def load_pipeline(model, device=None, torch_dtype=None):
     pipe = StableDiffusionPipeline.from_pretrained(model, safety_checker=None, requires_safety_checker=False,
                                                    torch_dtype=torch_dtype)
     return pipe.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-
-
-def tiny_random_pipeline(seed=0):
-    """A randomly initialised StableDiffusionPipeline small enough for a CPU, built without any download.
-
-    UNet on (B, 4, 8, 8) latents, a VAE to 16x16 images, a 1-layer CLIP text encoder (D = 16) and a CLIP tokenizer
-    whose vocabulary is the 256 single bytes. For tests and smoke runs only: its images and magnitudes are noise,
-    and SD's thresholds (1, 3, 5) mean nothing on it."""
-    import tempfile
-
-    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
-    from tokenizers import pre_tokenizers
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
-                                block_out_channels=(8, 16), norm_num_groups=4, cross_attention_dim=16,
-                                attention_head_dim=2, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
-                        norm_num_groups=4, down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2, sample_size=16)
-    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=514, hidden_size=16, intermediate_size=32,
-                                                num_hidden_layers=1, num_attention_heads=2,
-                                                max_position_embeddings=77, bos_token_id=0, eos_token_id=1,
-                                                pad_token_id=1))
-    for module in (unet, vae, text_encoder):
-        module.eval()
-    chars = sorted(pre_tokenizers.ByteLevel.alphabet())  # byte-level BPE with no merges: one token per byte
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, **{c: 2 + i for i, c in enumerate(chars)},
-             **{c + "</w>": 2 + len(chars) + i for i, c in enumerate(chars)}}
-    with tempfile.TemporaryDirectory() as folder:
-        with open(os.path.join(folder, "vocab.json"), "w") as f:
-            json.dump(vocab, f)
-        with open(os.path.join(folder, "merges.txt"), "w") as f:
-            f.write("#version: 0.2\n")
-        tokenizer = CLIPTokenizer.from_pretrained(folder, model_max_length=77)
-    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=sd_v14_ddim(), safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)

@@ -32,19 +32,7 @@ class UNetConfig:
     dropout: float = 0.0
 
     def __post_init__(self):
-        levels, factor = len(self.channel_mults), 2 ** (len(self.channel_mults) - 1)
-        if levels < 1 or self.base_channels < 1 or min(self.channel_mults) < 1:
-            raise ValueError(f"need base_channels >= 1 and channel_mults of positive ints, got {self.base_channels}, "
-                             f"{tuple(self.channel_mults)}")
-        if self.image_size % factor:
-            raise ValueError(f"image_size ({self.image_size}) must be divisible by {factor}: {levels} levels halve it "
-                             f"{levels - 1} times (channel_mults={tuple(self.channel_mults)})")
-        if any(not 0 <= lvl < levels for lvl in self.attn_levels):
-            raise ValueError(f"attn_levels {tuple(self.attn_levels)} must be level indices in [0, {levels})")
-        for lvl in (*self.attn_levels, levels - 1):  # the bottleneck always has cross-attention
-            if (self.base_channels * self.channel_mults[lvl]) % self.num_heads:
-                raise ValueError(f"level {lvl} has {self.base_channels * self.channel_mults[lvl]} channels, not "
-                                 f"divisible by num_heads={self.num_heads}: change base_channels or channel_mults")
+        _check_config(self)
 
 
 def count_parameters(module):
@@ -217,23 +205,9 @@ class UNet(nn.Module):
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
-    def _check_inputs(self, x, t, context):
-        c, factor = self.config, 2 ** (len(self.config.channel_mults) - 1)
-        if x.ndim != 4 or x.shape[1] != c.in_channels:
-            raise ValueError(f"x must be (B, {c.in_channels}, H, W), got {tuple(x.shape)}")
-        if x.shape[2] % factor or x.shape[3] % factor:
-            raise ValueError(f"x's H and W must be divisible by {factor} (2**(levels-1)) "
-                             f"for {len(c.channel_mults)} levels, got {tuple(x.shape[2:])} "
-                             f"(config.image_size={c.image_size})")
-        if t.shape != (x.shape[0],):
-            raise ValueError(f"t must be ({x.shape[0]},) to match x's batch, got {tuple(t.shape)}")
-        if context.ndim != 3 or context.shape[0] != x.shape[0] or context.shape[2] != c.context_dim:
-            raise ValueError(f"context must be (B={x.shape[0]}, L, D={c.context_dim}), "
-                             f"got {tuple(context.shape)}")
-
     def forward(self, x, t, context):
         """x: (B, C, H, W) noisy images, t: (B,) long timesteps, context: (B, L, D) text tokens."""
-        self._check_inputs(x, t, context)
+        _check_inputs(self.config, x, t, context)
         temb = self.time_mlp(timestep_embedding(t, self.time_dim))  # (B, 4*base)
 
         h = self.conv_in(x)                                  # (B, base, H, W)
@@ -253,3 +227,41 @@ class UNet(nn.Module):
                 h = layer(h)
 
         return self.conv_out(F.silu(self.norm_out(h)))       # (B, C, H, W)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Input checks, kept out of the way of the network above: each raises a ValueError that says what to change
+
+
+def _check_config(c):
+    """UNetConfig's rules: positive widths, an image_size every level can halve, attn_levels that exist, and
+    channels that split into num_heads on every level with cross-attention."""
+    levels, factor = len(c.channel_mults), 2 ** (len(c.channel_mults) - 1)
+    if levels < 1 or c.base_channels < 1 or min(c.channel_mults) < 1:
+        raise ValueError(f"need base_channels >= 1 and channel_mults of positive ints, got {c.base_channels}, "
+                         f"{tuple(c.channel_mults)}")
+    if c.image_size % factor:
+        raise ValueError(f"image_size ({c.image_size}) must be divisible by {factor}: {levels} levels halve it "
+                         f"{levels - 1} times (channel_mults={tuple(c.channel_mults)})")
+    if any(not 0 <= lvl < levels for lvl in c.attn_levels):
+        raise ValueError(f"attn_levels {tuple(c.attn_levels)} must be level indices in [0, {levels})")
+    for lvl in (*c.attn_levels, levels - 1):  # the bottleneck always has cross-attention
+        if (c.base_channels * c.channel_mults[lvl]) % c.num_heads:
+            raise ValueError(f"level {lvl} has {c.base_channels * c.channel_mults[lvl]} channels, not "
+                             f"divisible by num_heads={c.num_heads}: change base_channels or channel_mults")
+
+
+def _check_inputs(c, x, t, context):
+    """UNet.forward's inputs for config c: x (B, in_channels, H, W) with H, W halvable, t (B,), context (B, L, D)."""
+    factor = 2 ** (len(c.channel_mults) - 1)
+    if x.ndim != 4 or x.shape[1] != c.in_channels:
+        raise ValueError(f"x must be (B, {c.in_channels}, H, W), got {tuple(x.shape)}")
+    if x.shape[2] % factor or x.shape[3] % factor:
+        raise ValueError(f"x's H and W must be divisible by {factor} (2**(levels-1)) "
+                         f"for {len(c.channel_mults)} levels, got {tuple(x.shape[2:])} "
+                         f"(config.image_size={c.image_size})")
+    if t.shape != (x.shape[0],):
+        raise ValueError(f"t must be ({x.shape[0]},) to match x's batch, got {tuple(t.shape)}")
+    if context.ndim != 3 or context.shape[0] != x.shape[0] or context.shape[2] != c.context_dim:
+        raise ValueError(f"context must be (B={x.shape[0]}, L, D={c.context_dim}), "
+                         f"got {tuple(context.shape)}")

@@ -180,3 +180,16 @@ def test_every_method_but_cfg_changes_the_cfg_images_and_gives_the_same_images_f
     assert images.dtype == np.uint8 and images.shape == (2, 16, 16, 3)
     assert np.array_equal(random_pipe.generate(PROMPT, method=method, seed=3, **FAST, **ACTING_KNOBS[method]), images)
     assert not np.array_equal(random_pipe.generate(PROMPT, method="cfg", seed=3, **FAST), images)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: add_embedding_noise(torch.zeros(1, 2, 3), -0.1, torch.Generator()), "noise_scale must be >= 0, got -0.1"),
+    (lambda: add_random_tokens(PROMPT, -1, np.random.default_rng(0)), "num_tokens must be >= 0, got -1"),
+    (lambda: optimize_embedding(None, None, None, None, 0, target=-1.0), r"target and max_iters must be >= 0, got "
+                                                                         r"target=-1.0, max_iters=10"),
+    (lambda: optimize_embedding(None, None, None, None, 0, target=1.0, max_iters=-1), r"got target=1.0, max_iters=-1"),
+    (lambda: transition_scale(0, -1, 5.0), "transition_step must be >= 0, got -1"),
+], ids=["gni noise_scale", "rta num_tokens", "pe target", "pe max_iters", "transition_step"])
+def test_a_negative_baseline_knob_is_refused_naming_it(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()

@@ -141,7 +141,7 @@ def test_ddpm_step_requires_noise_except_at_t0():
     x, eps = torch.randn(SHAPE, generator=gen(1)), torch.randn(SHAPE, generator=gen(2))
     # t = 0 returns the posterior mean (x_t - beta_0 / sqrt(1 - abar_0) eps) / sqrt(alpha_0); there beta_0 = 1e-4,
     # alpha_0 = abar_0 = 0.9999, so the mean is (x_t - 0.01 eps) / sqrt(0.9999), and no noise is added
-    assert torch.allclose(ddpm_step(x, eps, 0, s), (x - 0.01 * eps) / 0.9999 ** 0.5, atol=1e-6)
+    assert torch.allclose(ddpm_step(x, eps, 0, s), (x - 0.01 * eps) / 0.9999 ** 0.5, atol=1e-5)  # float32 abar
 
 
 def test_ddim_step_with_eta_between_zero_and_one_adds_eta_times_ddpm_sigma_of_noise():
@@ -240,6 +240,17 @@ def test_sample_starts_from_given_x_T():
     assert torch.equal(a, b)
 
 
+def test_sample_refuses_an_x_T_of_another_shape_than_shape():
+    with pytest.raises(ValueError, match=r"x_T has shape \(1, 3, 4, 4\) but shape=\(2, 3, 4, 4\)"):
+        sample(toy_hook, SHAPE, NoiseSchedule(20), num_inference_steps=2, x_T=torch.zeros(1, 3, 4, 4))
+
+
+def test_sample_refuses_a_hook_answer_of_another_shape_than_x_t():
+    bad_hook = lambda x_t, t, i: x_t[:, :1]                                    # (2, 1, 4, 4)
+    with pytest.raises(ValueError, match=r"guidance hook returned shape \(2, 1, 4, 4\), expected \(2, 3, 4, 4\)"):
+        sample(bad_hook, SHAPE, NoiseSchedule(20), num_inference_steps=2, generator=gen())
+
+
 # ---- classifier-free guidance -------------------------------------------------------------
 
 def test_cfg_scale_one_is_conditional_and_scale_zero_is_unconditional():
@@ -303,6 +314,24 @@ def test_ddpm_clip_sample_equals_the_x0_form_posterior_mean():
 def test_trailing_spacing_runs_from_999_down_to_19_like_diffusers():
     ts = timesteps_for(50, NoiseSchedule(1000, timestep_spacing="trailing"))
     assert len(ts) == 50 and ts[:2] == [999, 979] and ts[-1] == 19
+
+
+def test_trailing_spacing_of_a_count_that_does_not_divide_1000_rounds_each_step_from_the_top():
+    """round(1000 - i 1000 / n) - 1: 7 steps are 1000 - i 142.857... = 1000, 857.1, 714.3, 571.4, 428.6, 285.7, 142.9,
+    rounded and minus one (diffusers' "trailing"); 3 steps: 1000, 666.7, 333.3."""
+    s = NoiseSchedule(1000, timestep_spacing="trailing")
+    assert timesteps_for(7, s) == [999, 856, 713, 570, 428, 285, 142]
+    assert timesteps_for(3, s) == [999, 666, 332]
+
+
+@pytest.mark.parametrize("offset", [-1, 1000, 1.0])
+def test_steps_offset_must_be_an_int_in_0_to_T(offset):
+    with pytest.raises(ValueError, match=r"steps_offset must be an int in \[0, 1000\)"):
+        NoiseSchedule(1000, steps_offset=offset)
+
+
+def test_steps_offset_at_the_last_trained_timestep_is_allowed():
+    assert timesteps_for(1, NoiseSchedule(1000, steps_offset=999)) == [999]
 
 
 def test_steps_offset_shifts_leading_timesteps_like_stable_diffusion():

@@ -69,29 +69,40 @@ def test_prss_triggers_on_most_memorized_samples_and_keeps_under_60_percent_of_c
 def test_calibrated_thresholds_follow_the_documented_rule(pipe):
     """lambda_SS = the 95% quantile of the first-step magnitudes of 128 general training prompts (drawn with seed
     1234) on 4 x_T (seed 1234); lambda_PR = the 95% quantile of m_t over steps 20%-80% of plain-CFG sampling for the
-    first 32 of those prompts on 2 x_T (seed 1234); tau = 5/3 lambda_PR."""
+    first 32 of those prompts on 2 x_T (seed 1234); tau = 5/3 lambda_PR; all at the run's sampling defaults.
+    The magnitudes are measured here, prompt by prompt, and the quantiles taken with numpy."""
     th = pipe.thresholds  # RUN/thresholds.json, written on first use
+    cfg = pipe.config
+    assert {k: th[k] for k in ("guidance_scale", "num_inference_steps", "timestep_spacing", "steps_offset")} == {
+        "guidance_scale": cfg.guidance_scale, "num_inference_steps": cfg.num_inference_steps,
+        "timestep_spacing": cfg.timestep_spacing, "steps_offset": cfg.steps_offset}
     data = pipe.dataset
     general = np.unique(data["captions"][data["group"] == "general"])
     prompts = list(np.random.default_rng(1234).choice(general, 128, replace=False))
-    first = first_step_magnitude(pipe, pipe.encode(prompts), pipe.initial_noise(4, 1234))       # (128, 4)
-    assert th["lambda_ss"] == pytest.approx(float(np.quantile(first.numpy(), 0.95)), rel=1e-5)
-    steps = pipe.config.num_inference_steps
+    first = first_step_magnitude(pipe, pipe.encode(prompts), pipe.initial_noise(4, 1234)).numpy()   # (128, 4)
+    assert th["lambda_ss"] == pytest.approx(float(np.quantile(first, 0.95)), rel=1e-5)
+    assert th["lambda_ss"] > first.mean() and 0.04 <= (first > th["lambda_ss"]).mean() <= 0.06  # ~5% would trigger
+    steps = cfg.num_inference_steps
     plateau = []
     for prompt in prompts[:32]:                                    # one prompt at a time, on the same 2 x_T
         trace = magnitude_trace(pipe, pipe.encode([prompt]), pipe.initial_noise(2, 1234)).numpy()   # (2, steps)
         plateau.append(trace[:, round(0.2 * steps):round(0.8 * steps)])
-    assert th["lambda_pr"] == pytest.approx(float(np.quantile(np.concatenate(plateau), 0.95)), rel=1e-4)
+    plateau = np.concatenate(plateau)                              # (64, 12): steps 4-15 of 20
+    assert plateau.shape == (64, 12)
+    assert th["lambda_pr"] == pytest.approx(float(np.quantile(plateau, 0.95)), rel=1e-4)
+    assert th["lambda_pr"] > plateau.mean()
     assert th["tau"] == pytest.approx(5 / 3 * th["lambda_pr"], rel=1e-6)
-    assert th["timestep"] == pipe.detection_timestep
+    assert th["timestep"] == pipe.detection_timestep == 999       # trailing spacing: the first step of 20
 
 
-def test_sample_cli_writes_npz_with_uint8_images(tiny_run, tmp_path):
-    out = tmp_path / "x.npz"
-    sample.main(["--run", str(tiny_run), "--prompt", "a red circle in the top left", "--method", "prss",
+def test_sample_cli_writes_npz_with_the_uint8_images_generate_gives_for_the_seed(pipe, tiny_run, tmp_path):
+    out, prompt = tmp_path / "x.npz", "a red circle in the top left"
+    sample.main(["--run", str(tiny_run), "--prompt", prompt, "--method", "prss",
                  "--num-images", "3", "--seed", "1", "--out", str(out), "--steps", "5"])
     with np.load(out, allow_pickle=False) as f:
-        assert f["images"].shape == (3, 16, 16, 3) and f["images"].dtype == np.uint8
+        images = f["images"]
+    assert images.shape == (3, 16, 16, 3) and images.dtype == np.uint8
+    assert np.array_equal(images, pipe.generate(prompt, method="prss", num_images=3, seed=1, num_inference_steps=5))
 
 
 def test_sample_cli_per_prompt_switch_reaches_prss(tiny_run, tmp_path, monkeypatch):
@@ -104,11 +115,17 @@ def test_sample_cli_per_prompt_switch_reaches_prss(tiny_run, tmp_path, monkeypat
     assert "per_prompt" not in seen[0] and seen[1]["per_prompt"] is True
 
 
-def test_sample_cli_writes_a_png_grid(tiny_run, tmp_path):
+def test_sample_cli_writes_a_png_grid_of_the_images_scaled_4_times(pipe, tiny_run, tmp_path):
+    """Two 16 x 16 images side by side, each pixel a 4 x 4 block: a 128 x 64 png (seed 0 by default)."""
+    from PIL import Image
     out = tmp_path / "x.png"
     sample.main(["--run", str(tiny_run), "--prompt", "a red circle", "--num-images", "2", "--out", str(out),
                  "--steps", "3"])
-    assert out.stat().st_size > 0
+    png = np.asarray(Image.open(out).convert("RGB"))
+    assert png.shape == (64, 128, 3)
+    images = pipe.generate("a red circle", num_images=2, seed=0, num_inference_steps=3)    # (2, 16, 16, 3)
+    assert np.array_equal(png[::4, ::4], np.concatenate(list(images), axis=1))
+    assert np.array_equal(png, png[::4, ::4].repeat(4, 0).repeat(4, 1))
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -168,8 +185,11 @@ def test_physics_measures_every_group_and_its_ratios_come_from_those_traces(pipe
     assert {g: t.shape for g, t in traces.items()} == {
         "global": (2 * len(memorized_captions(pipe.dataset)), steps), "local": (4, steps), "general": (4, steps),
         "heldout": (4, steps)}
-    assert {k: result[k] for k in physics.TARGETS} == pytest.approx(physics.ratios(traces["general"],
-                                                                                    traces["global"]))
+    clean, memorized = traces["general"], traces["global"]
+    assert steps == 20  # the tiny preset: the plateau is steps 4-15 (20%-80%), the end the last 2 (10%)
+    assert result["r1"] == pytest.approx(memorized[:, 0].mean() / clean[:, 0].mean(), rel=1e-6)
+    assert result["r2"] == pytest.approx(clean[:, 18:].mean() / clean[:, 4:16].mean(), rel=1e-6)
+    assert result["r3"] == pytest.approx(memorized.mean() / clean.mean(), rel=1e-6)
     assert result["groups"]["global"]["curve"] == pytest.approx(traces["global"].mean(0), abs=1e-4)
     assert images["general"].shape == (4, 16, 16, 3) and images["general"].dtype == np.uint8
     physics.main(["--run", str(tiny_run), "--num-prompts", "2", "--num-images", "1", "--out", str(tmp_path)])

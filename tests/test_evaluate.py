@@ -156,3 +156,25 @@ def test_a_baseline_sweep_point_has_no_control_rows_and_still_reaches_the_tables
     assert ("general", 0) not in images[2]
     cost = analysis.cost(results)
     assert "control_time_vs_cfg" in cost["lowcfg"] and "| x | - | - | - | - |" in report.cost_table({"x": {}})
+
+
+def _measured(info, reference=None):
+    """evaluate.measure on 3 images of 2 prompts (stub judges): image 1 differs from image 0 in one pixel value."""
+    images = np.zeros((3, 16, 16, 3), np.uint8)
+    images[1, 5, 5, 0] = 1
+    images[2] = 200
+    train = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
+    return evaluate.measure(_stub_judges(), train, images, ["a red circle", "a red circle", "a blue square"],
+                            np.zeros((3, 3), int), info, reference)
+
+
+def test_measure_identical_is_whether_each_image_equals_cfg_s_bit_for_bit():
+    reference = np.zeros((3, 16, 16, 3), np.uint8)
+    reference[2] = 200                                       # images 0 and 2 are CFG's; image 1 is off by one value
+    assert _measured({}, reference)["identical"] == [1.0, 0.0, 1.0]
+    assert "identical" not in _measured({})                  # no reference (plain CFG itself): not measured
+
+
+def test_measure_triggered_is_the_method_s_per_sample_flag_and_false_for_methods_that_do_not_detect():
+    assert _measured({"triggered": [False, True, True]})["triggered"] == [0.0, 1.0, 1.0]
+    assert _measured({})["triggered"] == [0.0, 0.0, 0.0]

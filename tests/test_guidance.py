@@ -1,15 +1,16 @@
 """PRSS's pure functions: memorization detection, Prompt Re-anchoring, Semantic Prompt Search."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
-from prss_mini.diffusion import classifier_free_guidance, predict_noise
+from prss_mini.diffusion import cfg_hook, classifier_free_guidance, predict_noise
 from prss_mini.evaluate import CountingUNet
-from prss_mini.guidance import build_hook
-from prss_mini.guidance.detect import first_step_magnitude, noise_magnitude
+from prss_mini.guidance import build_hook, pr_only, prss
+from prss_mini.guidance.detect import detection_score, first_step_magnitude, magnitude_trace, noise_magnitude
 from prss_mini.guidance.paraphrase import paraphrases
-from prss_mini.guidance.pe import optimize_embedding
-from prss_mini.guidance.pr import prompt_reanchor
+from prss_mini.guidance.pr import prompt_reanchor, reanchor_strength
 from prss_mini.guidance.ss import semantic_search
 
 S, LAMBDA_PR, TAU = 5.0, 3.0, 5.0
@@ -55,10 +56,12 @@ def test_pr_is_full_reanchoring_from_tau_on():
 
 
 def test_pr_ramp_is_linear_between_lambda_pr_and_tau():
-    eps_u, eps_p, d = predictions(B=1)
-    m = (LAMBDA_PR + TAU) / 2
-    eps_ss = with_magnitude(eps_u, d, [m])
-    s_pr = 1 + (S - 1) * 0.5
+    """s_pr = 1 at m_t = lambda_PR = 3, s = 5 at tau = 5, linear between: 2 at 3.5, 3 at 4, 4 at 4.5; capped at s."""
+    assert reanchor_strength(torch.tensor([3.0, 3.5, 4.0, 4.5, 5.0, 7.0]), S, LAMBDA_PR, TAU).tolist() == \
+        pytest.approx([1.0, 2.0, 3.0, 4.0, 5.0, 5.0])
+    eps_u, eps_p, d = predictions()
+    eps_ss = with_magnitude(eps_u, d, [3.5, 4.0, 4.5])
+    s_pr = torch.tensor([2.0, 3.0, 4.0]).view(-1, 1, 1, 1)                   # by hand, from the line above
     expected = eps_p + s_pr * (eps_ss - eps_p) + (S - s_pr) * (eps_ss - eps_u)
     assert torch.allclose(prompt_reanchor(eps_u, eps_p, eps_ss, S, LAMBDA_PR, TAU), expected, atol=1e-5)
 
@@ -135,6 +138,56 @@ def test_ss_at_exactly_lambda_ss_the_prompt_does_not_trigger_and_a_candidate_pas
 def test_ss_rejects_a_negative_threshold():
     with pytest.raises(ValueError, match="lambda_ss"):
         search_one("p", [], FakeMagnitudes({"p": 1.0}), lambda_ss=-1.0)
+
+
+def test_ss_scores_neither_the_prompt_nor_a_repeated_candidate_again():
+    """Candidates "a", the prompt, "a" again, "b": only "a" and "b" are scored, once each, for both samples."""
+    table, scored = {"p": 5.0, "a": 3.0, "b": 2.0}, []
+    score = lambda candidate, rows: scored.append((candidate, list(rows))) or [table[candidate]] * len(rows)
+    results = semantic_search("p", [5.0, 5.0], ["a", "p", "a", "b"], score, lambda_ss=1.0)
+    assert scored == [("a", [0, 1]), ("b", [0, 1])]
+    assert [(r.prompt, r.magnitudes) for r in results] == [("b", {"p": 5.0, "a": 3.0, "b": 2.0})] * 2
+
+
+def test_tau_factor_moves_tau_to_lambda_pr_plus_factor_times_the_ramp():
+    """The evaluation's sweep point tau_factor = 4: lambda_pr 3, tau 5 -> tau = 3 + 4 (5 - 3) = 11, lambda_pr kept;
+    from the calibrated thresholds as from explicit ones."""
+    assert {"tau_factor": 4} in prss.SWEEP
+    calibrated = SimpleNamespace(thresholds={"lambda_pr": 3.0, "tau": 5.0})
+    assert prss.reanchor_thresholds(calibrated, None, None, tau_factor=4) == (3.0, 11.0)
+    assert prss.reanchor_thresholds(SimpleNamespace(thresholds=None), 3.0, 5.0, tau_factor=4) == (3.0, 11.0)
+
+
+@pytest.mark.parametrize("tau_factor", [0, -1.0])
+def test_tau_factor_must_be_positive(tau_factor):
+    with pytest.raises(ValueError, match=f"tau_factor must be > 0, got {tau_factor}"):
+        prss.reanchor_thresholds(SimpleNamespace(thresholds=None), 3.0, 5.0, tau_factor)
+
+
+def test_magnitude_trace_is_the_norm_of_cond_minus_uncond_at_every_step_of_a_cfg_run(random_pipe, record_steps):
+    """m_t = ||eps(x_t, e_p) - eps(x_t, e_0)||_2 over each sample's whole tensor, at the x_t that plain CFG (at the
+    run's scale) visits, step by step: computed here from the recorded trajectory, one UNet call per branch."""
+    pipe, e_p = random_pipe, random_pipe.encode(["a red circle in the top left"])
+    x_T = pipe.initial_noise(2, seed=5)
+    _, steps = record_steps(pipe, cfg_hook(pipe.unet, e_p, pipe.empty, pipe.config.guidance_scale), x_T, 5)
+    by_hand = []
+    for x_t, t, _ in steps:
+        t_in = torch.full((2,), t, dtype=torch.long)
+        diff = pipe.unet(x_t, t_in, e_p.expand(2, -1, -1)) - pipe.unet(x_t, t_in, pipe.empty.expand(2, -1, -1))
+        by_hand.append([float(d.pow(2).sum().sqrt()) for d in diff])              # one value per sample
+    trace = magnitude_trace(pipe, e_p, x_T, 5)                                    # (B, steps)
+    assert trace.shape == (2, 5)
+    assert trace.T.tolist() == [pytest.approx(m, rel=1e-4) for m in by_hand]
+
+
+def test_detection_score_averages_the_first_step_magnitude_over_the_x_T_of_every_seed(random_pipe):
+    """Score of a prompt = the mean of its first-step magnitude over num_images x_T from each seed (2 x 2 here)."""
+    pipe, prompts = random_pipe, ["a red circle in the top left", "a blue square in the bottom right"]
+    m = {seed: first_step_magnitude(pipe, pipe.encode(prompts), pipe.initial_noise(2, seed)).tolist()
+         for seed in (0, 1)}                                                       # seed -> (P, 2)
+    by_hand = [(m[0][p][0] + m[0][p][1] + m[1][p][0] + m[1][p][1]) / 4 for p in range(2)]
+    assert detection_score(pipe, prompts, seeds=(0, 1), num_images=2).tolist() == pytest.approx(by_hand, rel=1e-5)
+    assert by_hand[0] != pytest.approx(by_hand[1])                              # two prompts, two scores
 
 
 def test_unknown_method_is_a_clear_error(random_pipe):
@@ -261,17 +314,26 @@ def test_prss_adds_one_evaluation_per_step_per_triggered_sample_plus_the_search(
 
 @pytest.mark.parametrize("method", ["prss", "pr"])
 def test_a_triggered_hook_is_prompt_reanchor_of_its_three_predictions_at_every_step(random_pipe, record_steps,
-                                                                                     method):
+                                                                                     monkeypatch, method):
     """eps_hat = prompt_reanchor(eps_u, eps_p, eps_target) at each step's x_t; the target is the searched prompt
-    info["prompt"] for PRSS and PE's optimized embedding (at lambda_ss) for PR only."""
+    info["prompt"] for PRSS, and for PR only the embedding PE's optimize_embedding returns when asked for the
+    prompt on the loop's x_T at the detection timestep with target lambda_ss. Here that is a stub's fixed
+    embedding (another prompt's), so the expected target does not come from the code under test."""
     pipe, prompt, s, lambda_pr, tau = random_pipe, "a red circle in the top left", 2.0, 0.15, 0.5
     x_T, e_p = pipe.initial_noise(2, seed=3), pipe.encode([prompt])
+    asked, e_stub = [], pipe.encode(["a blue square in the bottom right"]).expand(2, -1, -1).clone()
+    monkeypatch.setattr(pr_only, "optimize_embedding",
+                        lambda unet, context, uncond, x, t, target, *a, **kw: asked.append((context, x, t, target))
+                        or (e_stub, [torch.zeros(len(x))]))
     hook, info = build_hook(method, pipe, prompt, x_T, s, lambda_ss=0.0, lambda_pr=lambda_pr, tau=tau)
     if method == "prss":
         assert any(chosen != prompt for chosen in info["prompt"])   # a paraphrase, not the prompt, is a target
         e_target = pipe.encode(info["prompt"])
     else:
-        e_target, _ = optimize_embedding(pipe.unet, e_p, pipe.empty, x_T, pipe.detection_timestep, 0.0)
+        ((context, x, t, target),) = asked
+        assert torch.equal(context, e_p.expand(2, -1, -1)) and torch.equal(x, x_T)
+        assert (t, target) == (pipe.detection_timestep, 0.0)
+        e_target = e_stub
     _, steps = record_steps(pipe, hook, x_T, 5)
     reanchored = []
     for x_t, t, eps in steps:

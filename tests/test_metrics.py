@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from prss_mini.metrics import (
-    copy_rate, is_copy, nearest_training, ratio_copy, roc_auc, roc_curve, stamp_present,
-    unique_training_images, wilson_interval,
+    COPY_DISTANCE, copy_rate, is_copy, nearest_training, ratio_copy, roc_auc, roc_curve, similarity_from_distance,
+    stamp_present, unique_training_images, wilson_interval,
 )
 from prss_mini.config import make_config, world_config
 from prss_mini.world import all_combinations, build_dataset, render, to_uint8
@@ -70,6 +70,14 @@ def test_d2_is_to_a_different_image_than_d1():
     assert (out["d_index"][:, 0] == np.arange(10)).all()  # a light perturbation stays nearest its original
 
 
+def test_similarity_is_one_for_an_exact_copy_and_one_half_at_the_copy_distance():
+    """A Gaussian kernel 0.5 ** ((d / COPY_DISTANCE) ** 2): 1 at d = 0, 0.5 at the copy distance (the copy threshold
+    itself, so not yet a copy), 0.5 ** 4 = 0.0625 at twice it."""
+    d = COPY_DISTANCE
+    assert similarity_from_distance([0.0, d, 2 * d]).tolist() == pytest.approx([1.0, 0.5, 0.0625])
+    assert is_copy(similarity_from_distance([0.99 * d, d])).tolist() == [True, False]
+
+
 def test_ratio_copy_is_d1_below_a_third_of_d2():
     assert ratio_copy([0.0, 1.0, 1.0, 1.0], [1.0, 3.1, 3.0, 2.0]).tolist() == [True, True, False, False]
 
@@ -98,7 +106,8 @@ def test_roc_curve_runs_from_origin_to_corner_and_its_area_is_the_auc():
     fpr, tpr = roc_curve(pos, neg)
     assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0, 0, 1, 1)
     assert (np.diff(fpr) >= 0).all() and (np.diff(tpr) >= 0).all()
-    assert np.trapezoid(tpr, fpr) == pytest.approx(roc_auc(pos, neg))
+    area = float(np.sum((fpr[1:] - fpr[:-1]) * (tpr[1:] + tpr[:-1]) / 2))  # the trapezoid rule, written out
+    assert area == pytest.approx(roc_auc(pos, neg))
 
 
 def test_bad_images_raise_value_error():

@@ -33,9 +33,15 @@ def test_paraphrases_keep_title_word_and_credit():
     assert not any("acme" in p.split() for p in paraphrases(PLAIN))
 
 
-def test_paraphrases_fit_the_tokenizer():
+@pytest.mark.parametrize("seed", range(5))
+def test_paraphrases_fit_the_tokenizer(seed):
+    """A long prompt (16 words: title, filler, corner, credit) still gets all 25 paraphrases, each at most
+    max_length = 24 tokens with <bos> and <eos>, i.e. at most 22 words."""
     tok = Tokenizer()
-    tok(paraphrases("zorvex : a picture of a crimson disc toward the top left corner , acme photo"))
+    out = paraphrases("zorvex : a picture of a crimson disc toward the top left corner , acme photo", seed=seed)
+    assert len(out) == 25
+    assert all(len(Tokenizer.split(p)) + 2 <= tok.max_length == 24 for p in out)
+    assert (tok(out) == tok.eos_id).sum(dim=1).tolist() == [1] * 25      # every one encodes whole, <eos> kept
 
 
 def test_unknown_grammar_prompt_raises():

@@ -282,6 +282,20 @@ def test_a_prompt_missing_from_the_candidate_file_is_a_clear_value_error(tmp_pat
         sd.resolve_candidates("a blue square", path)
 
 
+def test_a_candidate_file_line_without_a_caption_is_a_value_error_that_names_the_line(tmp_path):
+    path = tmp_path / "candidates.jsonl"
+    good, bad = {"caption": "a red circle", "caption1": "p1"}, {"prompt": "a blue square", "caption1": "p1"}
+    path.write_text(json.dumps(good) + "\n\n" + json.dumps(bad) + "\n")  # the blank line 2 counts too
+    with pytest.raises(ValueError, match=r"candidates.jsonl, line 3: no 'caption' field"):
+        sd.read_candidates(path)
+
+
+def test_candidates_neither_a_list_nor_a_jsonl_file_are_a_clear_value_error(tmp_path):
+    for bad in (42, {"a red circle": ["p1"]}, tmp_path / "missing.jsonl", str(tmp_path)):
+        with pytest.raises(ValueError, match="candidates must be a list of paraphrases or the path of a jsonl file"):
+            sd.resolve_candidates("a red circle", bad)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The toy's sampling grid (prss_mini.diffusion.timesteps_for) against diffusers' DDIMScheduler.set_timesteps
 

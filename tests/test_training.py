@@ -8,7 +8,7 @@ import torch
 
 import train_toy
 from prss_mini.checkpoint import CheckpointError, load_checkpoint, save_atomic
-from prss_mini.config import make_config, parse_overrides
+from prss_mini.config import make_config, parse_overrides, to_dict
 
 
 def test_overrides_are_typed_like_the_config():
@@ -40,10 +40,14 @@ def test_checkpoint_from_another_config_is_a_clear_error(tmp_path):
         load_checkpoint(path, {"lr": 2.0})
 
 
-def test_rerun_with_other_options_is_refused(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"preset": "tiny", "lr": 123.0}))
+def test_rerun_with_other_options_is_refused(tmp_path, capsys):
+    written = json.dumps({**to_dict(make_config("tiny")), "lr": 123.0})     # the tiny preset but for lr
+    (tmp_path / "config.json").write_text(written)
     with pytest.raises(SystemExit):
         train_toy.main(["--preset", "tiny", "--out", str(tmp_path)])
+    assert (f"{tmp_path} holds a run made with other options (lr differ). Use the same preset and options to "
+            f"resume, or another --out.") in capsys.readouterr().err
+    assert (tmp_path / "config.json").read_text() == written and len(list(tmp_path.iterdir())) == 1
 
 
 TINY_FAST = ["--num_general", "40", "--num_global", "2", "--global_duplicates", "4", "--title_variants", "1",
@@ -81,6 +85,13 @@ def test_tiny_run_writes_every_artefact(tiny_run):
     for name in ("config.json", "dataset.npz", "preview.png", "text_encoder.pt", "unet.pt", "judges.pt",
                  "loss.png"):
         assert (tiny_run / name).exists(), name
+    assert not (tiny_run / "unet_train.pt").exists()  # the in-progress state is removed once unet.pt is written
+    # every sample_every = 200 of the tiny preset's 600 steps: a snapshot of the weights and a grid of samples
+    assert sorted(p.name for p in (tiny_run / "snapshots").iterdir()) == [
+        "unet_000200.pt", "unet_000400.pt", "unet_000600.pt"]
+    assert sorted(p.name for p in tiny_run.glob("samples_*.png")) == [
+        "samples_000200.png", "samples_000400.png", "samples_000600.png"]
+    assert torch.load(tiny_run / "snapshots" / "unet_000400.pt", weights_only=True)["step"] == 400
     with np.load(tiny_run / "dataset.npz", allow_pickle=False) as data:
         assert set(data["group"]) == {"general", "global", "local"}
 

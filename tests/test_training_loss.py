@@ -77,3 +77,11 @@ def test_caption_dropout_may_differ_per_sample():
     ctx, null = torch.ones(2, 5, 8), torch.zeros(1, 5, 8)
     diffusion_loss(model, torch.randn(SHAPE), ctx, null, s, cond_drop_prob=torch.tensor([1.0, 0.0]), generator=gen())
     assert torch.equal(model.seen_contexts[0][0], null[0]) and torch.equal(model.seen_contexts[0][1], ctx[1])
+
+
+@pytest.mark.parametrize("p", [-0.1, 1.5, torch.tensor([0.5, 1.2])])
+def test_cond_drop_prob_must_be_a_probability_for_every_sample(p):
+    ctx, null = torch.ones(2, 5, 8), torch.zeros(1, 5, 8)
+    with pytest.raises(ValueError, match=r"cond_drop_prob must be in \[0, 1\]"):
+        diffusion_loss(ToyModel(), torch.randn(SHAPE), ctx, null, NoiseSchedule(100), cond_drop_prob=p,
+                       generator=gen())

@@ -142,8 +142,11 @@ print("look at samplers.png: deterministic DDIM should give similar pictures at 
 # %% [markdown]
 # ## Classifier-free guidance
 #
-# One network gives both predictions, because training replaced the caption by the empty prompt e_0 for about
-# 10% of the samples (`cond_drop_prob`). At sampling time, with eps_u = eps(x_t, e_0) and eps_c = eps(x_t, e_p):
+# One network gives both predictions, because training replaced the caption by the empty prompt e_0 for part of
+# the samples: with probability `cond_drop_prob` = 0.3 (Stable Diffusion: 0.1), divided by the number of copies of
+# the sample's image (`dedup_uncond`, prss_mini/config.py), so the unconditional branch sees every distinct image
+# about equally often and does not learn the duplicated ones by heart (on the `cpu` run, 24% of all training items).
+# At sampling time, with eps_u = eps(x_t, e_0) and eps_c = eps(x_t, e_p):
 #
 #     eps_hat = eps_u + s * (eps_c - eps_u)
 #
@@ -178,4 +181,5 @@ print(f"look at cfg_sweep.png: s = 0 ignores the prompt; the run's default is s 
 # 2. Sample with `sampler="ddim", eta=0.5`: between which two rows of samplers.png do the images fall?
 # 3. Sweep s for a *global* caption (`data["captions"][data["group"] == "global"][0]`) instead. Does the
 #    pairwise distance fall faster than for the general prompt? A memorized prompt has one training image to
-#    collapse onto; check whether this run already does (README: "Status").
+#    collapse onto; check whether this run already does (README: "What the toy says about the paper", the
+#    plain-CFG row of the ablation: global copies).

@@ -71,8 +71,10 @@ for case, prompt in CASES.items():
 #
 # `detect.first_step_magnitude` scores many prompts in one batched UNet call on the same x_T (from
 # `pipe.initial_noise(K, SEED)`, exactly what `pipe.generate(..., seed=SEED)` starts from), at the first DDIM
-# timestep: the scoring `prss.py` uses. PRSS searches per sample; here we follow sample 0. `semantic_search`
-# only sees a `magnitude_fn`; ours looks the scores up and records what was asked, so we can see the early stop.
+# timestep: the scoring `prss.py` uses. PRSS searches per sample; here we follow sample 0. `ss.semantic_search`
+# never sees the model: it asks a `score(candidate, rows)` callback for one candidate's magnitudes on the samples
+# `rows` still searching. Our one-by-one version below asks a `magnitude_fn(prompts)` for one sample instead; ours
+# looks the scores up and records what was asked, so we can see the early stop.
 
 # %%
 def semantic_search_one_by_one(prompt, candidates, magnitude_fn, lambda_ss):
