@@ -28,11 +28,13 @@ from prss_mini.checkpoint import (CheckpointError, config_differences, load_chec
                                   write_json_atomic)
 from prss_mini.config import (PRESETS, make_config, noise_schedule, parse_overrides, text_encoder_config, to_dict,
                               unet_config, world_config)
-from prss_mini.diffusion import as_epsilon_model, diffusion_loss
+from prss_mini.diffusion import as_epsilon_model
+from prss_mini.images import images_to_tensor, save_grid, tensor_to_images
+from prss_mini.loss import diffusion_loss
 from prss_mini.pipeline import check_device
 from prss_mini.text_encoder import ImageEncoder, TextEncoder, Tokenizer, train_clip
 from prss_mini.unet import UNet, count_parameters
-from prss_mini.world import build_dataset, images_to_tensor, preview_grid, tensor_to_images
+from prss_mini.world import build_dataset, preview_grid
 
 
 def stage_dataset(cfg, out):
@@ -72,7 +74,6 @@ def save_progress_figures(out, losses, unet, cfg, contexts, null, schedule, step
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from PIL import Image
 
     from prss_mini.diffusion import cfg_hook, sample
 
@@ -90,9 +91,7 @@ def save_progress_figures(out, losses, unet, cfg, contexts, null, schedule, step
     x = sample(cfg_hook(model, contexts, null, cfg.guidance_scale), (len(contexts), 3, cfg.image_size, cfg.image_size),
                schedule, cfg.num_inference_steps, generator=torch.Generator().manual_seed(0), device=device)
     unet.train()
-    grid = np.concatenate(list(tensor_to_images(x)), axis=1)
-    Image.fromarray(grid).resize((grid.shape[1] * 4, grid.shape[0] * 4), Image.NEAREST).save(
-        os.path.join(out, f"samples_{step:06d}.png"))
+    save_grid([list(tensor_to_images(x))], os.path.join(out, f"samples_{step:06d}.png"))
 
 
 def caption_drop_probabilities(image_id, cond_drop_prob, dedup_uncond):
@@ -182,7 +181,7 @@ def get_batch(images, contexts, caption_index, drop_prob, batch_size, generator,
 
 
 def training_step(cfg, state, x0, context, drop_prob, null, schedule):
-    """One AdamW step on the diffusion loss (diffusion.diffusion_loss), then the EMA update; state.step += 1."""
+    """One AdamW step on the diffusion loss (loss.diffusion_loss), then the EMA update; state.step += 1."""
     for group in state.optimizer.param_groups:
         group["lr"] = learning_rate(cfg, state.step)
     loss = diffusion_loss(state.unet, x0, context, null, schedule, drop_prob, state.generator, cfg.prediction_type,

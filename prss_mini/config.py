@@ -11,7 +11,8 @@ import os
 from dataclasses import asdict, dataclass, fields
 
 from .checkpoint import CheckpointError
-from .diffusion import LOSS_WEIGHTINGS, NoiseSchedule, check_beta_schedule, check_prediction_type, timesteps_for
+from .diffusion import NoiseSchedule, check_beta_schedule, check_prediction_type, timesteps_for
+from .loss import LOSS_WEIGHTINGS
 from .text_encoder import TextEncoderConfig
 from .unet import UNetConfig
 from .world import WorldConfig
@@ -66,7 +67,7 @@ class Config:
     # so its unconditional model does not know them; here they are a fifth of the data, and without this the
     # unconditional branch memorizes them too.
     dedup_uncond: bool = True
-    loss_weighting: str = "truncated_snr"  # diffusion.loss_weights: "uniform", "min_snr" or "truncated_snr"
+    loss_weighting: str = "truncated_snr"  # loss.loss_weights: "uniform", "min_snr" or "truncated_snr"
     snr_gamma: float = 5.0                 # min_snr's cap
     snr_floor: float = 0.2                 # truncated_snr's floor
     ema_decay: float = 0.999  # sampling uses an exponential moving average of the weights (0: the raw weights)

@@ -1,4 +1,4 @@
-"""The diffusion process: noise schedules, the training loss, one sampling loop.
+"""The diffusion process: noise schedules, the forward noising, one sampling loop (the training loss: loss.py).
 
 DDPM: Ho et al. 2020, "Denoising Diffusion Probabilistic Models" (training loss, ancestral step).
 DDIM: Song et al. 2021, "Denoising Diffusion Implicit Models" (few-step sampler, eq. 12).
@@ -56,7 +56,7 @@ class NoiseSchedule:
                 f"timestep_spacing={self.timestep_spacing!r}, steps_offset={self.steps_offset})")
 
 
-def _randn(shape, generator, device):
+def randn(shape, generator, device):
     # Draw on CPU with the generator, then move: the same seed gives the same numbers on any device.
     return torch.randn(shape, generator=generator).to(device)
 
@@ -73,12 +73,6 @@ def add_noise(x0, noise, t, schedule):
 
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
-
-
-def v_target(x0, noise, t, schedule):
-    """v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0 (Salimans & Ho 2022, "v-prediction"; Stable Diffusion 2)."""
-    abar = schedule.alphas_cumprod.to(x0.device)[t].view(-1, 1, 1, 1)                  # (B, 1, 1, 1)
-    return abar.sqrt() * noise - (1 - abar).sqrt() * x0
 
 
 class EpsilonModel(torch.nn.Module):
@@ -99,57 +93,6 @@ def as_epsilon_model(model, prediction_type, schedule):
     """The network as an eps predictor, whatever it was trained to predict."""
     check_prediction_type(prediction_type)
     return EpsilonModel(model, schedule) if prediction_type == "v_prediction" else model
-
-
-LOSS_WEIGHTINGS = ("uniform", "min_snr", "truncated_snr")
-
-
-def loss_weights(t, schedule, prediction_type="epsilon", weighting="uniform", snr_gamma=5.0, snr_floor=0.2):
-    """Per-sample weights (B,) of the squared error at timesteps t (B,), so that in x0 terms the loss weighs
-    each step by a function of SNR_t = abar_t / (1 - abar_t):
-
-        "uniform"        the plain loss: SNR_t for the eps loss, SNR_t + 1 for the v loss (DDPM's simple loss)
-        "min_snr"        min(SNR_t, snr_gamma)   (Hang et al. 2023, "Efficient diffusion training via Min-SNR")
-        "truncated_snr"  max(SNR_t, snr_floor)   (Salimans & Ho 2022's "truncated SNR"; they floor at 1)
-
-    At the noisiest steps the error is mostly the irreducible spread of x0 given a caption (a whole background);
-    with the v loss it outweighs the mid-noise detail that tells a triangle from a circle. "truncated_snr" keeps
-    little weight there, but not none, so the first step still learns the memorized images."""
-    if weighting not in LOSS_WEIGHTINGS:
-        raise ValueError(f"unknown loss weighting {weighting!r}; use one of {LOSS_WEIGHTINGS}")
-    if weighting == "uniform":
-        return torch.ones(t.shape, device=t.device)
-    abar = schedule.alphas_cumprod.to(t.device)[t]
-    snr = abar / (1 - abar)                                                                  # (B,)
-    target = snr.clamp(max=snr_gamma) if weighting == "min_snr" else snr.clamp(min=snr_floor)
-    return target / (snr if prediction_type == "epsilon" else snr + 1)        # over the plain loss's own weight
-
-
-def diffusion_loss(model, x0, context, null_context, schedule, cond_drop_prob=0.1, generator=None,
-                   prediction_type="epsilon", weighting="uniform", snr_gamma=5.0, snr_floor=0.2):
-    """Epsilon-prediction loss ||eps - eps_theta(x_t, t, c)||^2 (DDPM Algorithm 1, eq. 14), or, with
-    prediction_type="v_prediction", ||v - v_theta(x_t, t, c)||^2: at high noise v is about -x0, so the network
-    predicts the image itself where an eps error would be amplified 1 / sqrt(abar_t) times. Each sample's error is
-    weighted by `loss_weights` (uniform: 1).
-
-    With probability cond_drop_prob per sample (a float, or one (B,) probability per sample) the caption is replaced
-    by the empty caption, so one network learns both eps(x, c) and eps(x, null) as CFG needs (Ho & Salimans
-    sec. 3.2). x0: (B, C, H, W); context: (B, L, D); null_context: (1, L, D).
-    """
-    check_prediction_type(prediction_type)
-    B, device = x0.shape[0], x0.device
-    cond_drop_prob = torch.as_tensor(cond_drop_prob, dtype=torch.float32).expand(B)           # (B,)
-    if not ((0 <= cond_drop_prob) & (cond_drop_prob <= 1)).all():
-        raise ValueError(f"cond_drop_prob must be in [0, 1], got {cond_drop_prob.tolist()}")
-    # All randomness on CPU from the explicit generator, so a seed reproduces across devices.
-    t = torch.randint(0, schedule.num_train_timesteps, (B,), generator=generator).to(device)  # (B,)
-    noise = _randn(x0.shape, generator, device)                                               # (B, C, H, W)
-    drop = (torch.rand(B, generator=generator) < cond_drop_prob).to(device)                   # (B,)
-    context = torch.where(drop.view(B, 1, 1), null_context.expand_as(context), context)       # (B, L, D)
-    x_t = add_noise(x0, noise, t, schedule)
-    target = noise if prediction_type == "epsilon" else v_target(x0, noise, t, schedule)
-    error = (model(x_t, t, context) - target).pow(2).flatten(1).mean(dim=1)                 # (B,)
-    return (loss_weights(t, schedule, prediction_type, weighting, snr_gamma, snr_floor) * error).mean()
 
 
 def predict_x0(x_t, eps, alpha_bar_t):
@@ -258,7 +201,7 @@ def sample(guidance, shape, schedule, num_inference_steps=50, sampler="ddim", et
     """
     _check_sample(sampler, num_inference_steps, schedule, shape, x_T)
     timesteps = timesteps_for(num_inference_steps, schedule)
-    x = _randn(shape, generator, device) if x_T is None else x_T.to(device).clone()  # x_T: (B, C, H, W)
+    x = randn(shape, generator, device) if x_T is None else x_T.to(device).clone()  # x_T: (B, C, H, W)
     alphas_cumprod = schedule.alphas_cumprod
 
     with torch.no_grad():
@@ -266,12 +209,12 @@ def sample(guidance, shape, schedule, num_inference_steps=50, sampler="ddim", et
             eps = guidance(x, t, i)
             _check_guidance_output(eps, x)
             if sampler == "ddpm":
-                noise = _randn(shape, generator, device) if t > 0 else None
+                noise = randn(shape, generator, device) if t > 0 else None
                 x = ddpm_step(x, eps, t, schedule, noise, clip_sample)
             else:
                 # the last step goes to abar = 1, i.e. returns the predicted x0 (diffusers: set_alpha_to_one)
                 alpha_bar_prev = float(alphas_cumprod[timesteps[i + 1]]) if i + 1 < len(timesteps) else 1.0
-                noise = _randn(shape, generator, device) if eta > 0 else None
+                noise = randn(shape, generator, device) if eta > 0 else None
                 x = ddim_step(x, eps, float(alphas_cumprod[t]), alpha_bar_prev, eta, noise, clip_sample)
     return x
 

@@ -8,6 +8,7 @@ import numpy as np
 
 from .analysis import PANELS, frontier, points
 from .guidance import METHODS
+from .images import enlarge
 from .metrics import roc_auc, roc_curve
 
 GROUP_COLOURS = {"global": "crimson", "local": "darkorange", "general": "steelblue", "heldout": "seagreen"}
@@ -47,13 +48,11 @@ def tradeoff_plot(results, path):
 
 def method_grid(grid_images, sets, path, per_group=(("global", 4), ("local", 2), ("general", 2)), scale=4):
     """Rows: methods (first setting); columns: the first seed of a few prompts per group, same seeds everywhere."""
-    from PIL import Image
     cols = [(g, j) for g, n in per_group for j in range(min(n, len(sets[g])))]
     rows = [np.concatenate([grid_images[m][c][0] for c in cols], axis=1) for m in grid_images]
     grid = np.concatenate(rows, axis=0)
-    img = Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
     fig, ax = plt.subplots(figsize=(1 + 0.7 * len(cols), 0.7 * len(rows) + 0.8))
-    ax.imshow(img)
+    ax.imshow(enlarge(grid, scale))
     size = grid.shape[0] // len(rows) * scale
     ax.set_yticks([size * (i + 0.5) for i in range(len(rows))], list(grid_images))
     ax.set_xticks([size * (i + 0.5) for i in range(len(cols))], [f"{g} {j}" for g, j in cols], rotation=45, fontsize=7)
@@ -133,14 +132,12 @@ def physics_plot(traces, thresholds, sd_ranges, path=None):
 
 def sample_rows(images, num_images, path, per_group=10, scale=4):
     """One row per group: the first image (first x_T) of up to `per_group` prompts; images: group -> (P * K, ...)."""
-    from PIL import Image
     rows = {g: im[::num_images][:per_group] for g, im in images.items()}
     width = max(len(r) for r in rows.values())
     blank = np.full_like(next(iter(rows.values()))[0], 255)
     grid = np.concatenate([np.concatenate(list(r) + [blank] * (width - len(r)), axis=1) for r in rows.values()])
-    img = Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
     fig, ax = plt.subplots(figsize=(0.7 * width + 1.2, 0.75 * len(rows) + 0.6))
-    ax.imshow(img)
+    ax.imshow(enlarge(grid, scale))
     size = grid.shape[0] // len(rows) * scale
     ax.set_yticks([size * (i + 0.5) for i in range(len(rows))], list(rows))
     ax.set_xticks([])

@@ -22,8 +22,9 @@ from tqdm.auto import tqdm
 from .captions import CREDITS, TITLES, VALUES, make_caption
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import from_dict, read_config, text_encoder_config, to_dict, world_config
+from .images import check_images, images_to_tensor, to_uint8
 from .text_encoder import ImageEncoder, TextEncoder, Tokenizer, train_clip
-from .world import all_combinations, check_images, images_to_tensor, render, to_uint8
+from .world import all_combinations, render
 
 NUM_VALUES = tuple(len(v) for v in VALUES)  # (4, 5, 4): shapes, colours, positions
 WIDTH = 16  # channels of the judges' CNNs: half the conditioning CLIP's (docs/history.md: what it costs)

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .world import check_images, images_to_tensor, stamp_pattern
+from .images import check_images, images_to_tensor
+from .world import stamp_pattern
 
 # The constants are calibrated on fresh renders (not copies) and perturbed training images (copies): docs/results.md
 # has the table. No threshold separates them better at 16x16 or 32x32.

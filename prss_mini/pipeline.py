@@ -14,9 +14,9 @@ from .config import noise_schedule, read_config, text_encoder_config, to_dict, u
 from .diffusion import as_epsilon_model, sample, timesteps_for
 from .guidance import build_hook
 from .guidance.calibrate import load_or_calibrate
+from .images import tensor_to_images
 from .text_encoder import TextEncoder, Tokenizer
 from .unet import UNet
-from .world import tensor_to_images
 
 
 def check_device(device):
@@ -138,7 +138,8 @@ class ToyPipeline:
         The same seed gives the same x_T for every method, so methods can be compared image by image. `prompt` may
         also be a list of P prompts with `seed` a list of P seeds: one batched run, prompt-major (P * K, H, W, 3):
         with DDIM at eta = 0 the same images as P calls, up to float rounding (a stochastic sampler draws one noise
-        stream for the whole batch)."""
+        stream for the whole batch). A method may move the initial noise: then its info["x_T"] is where the sampling
+        loop starts."""
         s = self.config.guidance_scale if guidance_scale is None else guidance_scale
         steps = self.config.num_inference_steps if num_inference_steps is None else num_inference_steps
         if num_images < 1 or s < 0:
@@ -150,7 +151,8 @@ class ToyPipeline:
         defaults, self.sampling = self.sampling, {"guidance_scale": float(s), "num_inference_steps": int(steps)}
         try:  # the call's settings, for the thresholds a method reads; the defaults again afterwards
             hook, info = build_hook(method, self, prompt, x_T, s, seed=seed, **knobs)
-            images = tensor_to_images(self.run_hook(hook, x_T, steps, sampler, eta, seeds[0], progress))
+            start = info.get("x_T", x_T)  # a method that moves the initial noise (init_noise.py) says where to start
+            images = tensor_to_images(self.run_hook(hook, start, steps, sampler, eta, seeds[0], progress))
         finally:
             self.sampling = defaults
         return (images, info) if return_info else images

@@ -18,6 +18,7 @@ import numpy as np
 from .checkpoint import CheckpointError
 from .diffusion import SAMPLERS
 from .guidance import METHODS
+from .images import save_grid
 from .pipeline import ToyPipeline, check_device
 
 
@@ -35,14 +36,11 @@ def save_images(images, path, scale=4):
     """images uint8 (K, H, W, 3) -> a .png grid or a .npz with key `images`."""
     if path.endswith(".npz"):
         np.savez(path, images=images)
-    elif path.endswith(".png"):
-        from PIL import Image
+    elif path.endswith(".png"):  # rows of 8, the last one padded with black
         cols = min(len(images), 8)
         rows = -(-len(images) // cols)
         pad = np.zeros((rows * cols - len(images), *images.shape[1:]), np.uint8)
-        grid = np.concatenate([images, pad]).reshape(rows, cols, *images.shape[1:])
-        grid = grid.transpose(0, 2, 1, 3, 4).reshape(rows * images.shape[1], cols * images.shape[2], 3)
-        Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST).save(path)
+        save_grid(np.concatenate([images, pad]).reshape(rows, cols, *images.shape[1:]), path, scale)
     else:
         raise ValueError(f"--out must end in .png or .npz, got {path!r}")
 

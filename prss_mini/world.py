@@ -25,10 +25,9 @@ Held-out prompts name attribute combinations that never occur in training.
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from .captions import ATTRIBUTE_NAMES, COLOURS, CREDITS, POSITIONS, SHAPES, TITLES, VALUES, make_caption
-from .prompts import memorized_captions, num_variants  # noqa: F401  (where the tests and tutorials found them)
+from .images import save_grid, to_uint8
 
 SHAPE_COLOURS = {"red": (0.90, 0.16, 0.14), "green": (0.10, 0.75, 0.25), "blue": (0.12, 0.30, 0.95),
                  "yellow": (0.98, 0.85, 0.10), "purple": (0.62, 0.18, 0.85)}
@@ -61,33 +60,37 @@ class WorldConfig:
     global_pick: int              # each global image is the most contrasted of this many renders (1: any)
 
     def __post_init__(self):
-        n_combos = len(SHAPES) * len(COLOURS) * len(POSITIONS)
-        if self.image_size < 8:
-            raise ValueError(f"image_size must be at least 8 pixels, got {self.image_size}")
-        for name in ("num_general", "num_global", "global_duplicates", "num_local", "heldout_phrasings",
-                     "global_pick"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not 1 <= self.num_heldout_combos <= n_combos - self.num_global:
-            raise ValueError(f"num_heldout_combos must be in [1, {n_combos - self.num_global}] (there are {n_combos} "
-                             f"attribute combinations and num_global={self.num_global} need their own), "
-                             f"got {self.num_heldout_combos}")
-        if len(self.title_variants) > min(self.num_global, len(TITLES)):
-            raise ValueError(f"title_variants has {len(self.title_variants)} entries (one per titled image), but there "
-                             f"are only num_global={self.num_global} global images and {len(TITLES)} title words")
-        if any(not 0 <= v < self.global_duplicates for v in self.title_variants):
-            raise ValueError(f"every entry of title_variants={tuple(self.title_variants)} must lie in "
-                             f"[0, global_duplicates={self.global_duplicates}): some duplicates keep the fixed caption")
-        for name in ("shape_radius", "background_value", "background_saturation"):
-            low, high = getattr(self, name)
-            if not 0 <= low <= high <= 1:
-                raise ValueError(f"{name} must be a range (low, high) with 0 <= low <= high <= 1, got {(low, high)}")
-        if min(self.position_jitter, self.background_sharpness, self.grain) < 0:
-            raise ValueError("position_jitter, background_sharpness and grain must be >= 0")
+        _check_world(self)
+
+
+def _check_world(world):
+    """A clear ValueError for a WorldConfig whose knobs cannot make a world."""
+    n_combos = len(SHAPES) * len(COLOURS) * len(POSITIONS)
+    if world.image_size < 8:
+        raise ValueError(f"image_size must be at least 8 pixels, got {world.image_size}")
+    for name in ("num_general", "num_global", "global_duplicates", "num_local", "heldout_phrasings", "global_pick"):
+        if getattr(world, name) < 1:
+            raise ValueError(f"{name} must be at least 1, got {getattr(world, name)}")
+    if not 1 <= world.num_heldout_combos <= n_combos - world.num_global:
+        raise ValueError(f"num_heldout_combos must be in [1, {n_combos - world.num_global}] (there are {n_combos} "
+                         f"attribute combinations and num_global={world.num_global} need their own), "
+                         f"got {world.num_heldout_combos}")
+    if len(world.title_variants) > min(world.num_global, len(TITLES)):
+        raise ValueError(f"title_variants has {len(world.title_variants)} entries (one per titled image), but there "
+                         f"are only num_global={world.num_global} global images and {len(TITLES)} title words")
+    if any(not 0 <= v < world.global_duplicates for v in world.title_variants):
+        raise ValueError(f"every entry of title_variants={tuple(world.title_variants)} must lie in "
+                         f"[0, global_duplicates={world.global_duplicates}): some duplicates keep the fixed caption")
+    for name in ("shape_radius", "background_value", "background_saturation"):
+        low, high = getattr(world, name)
+        if not 0 <= low <= high <= 1:
+            raise ValueError(f"{name} must be a range (low, high) with 0 <= low <= high <= 1, got {(low, high)}")
+    if min(world.position_jitter, world.background_sharpness, world.grain) < 0:
+        raise ValueError("position_jitter, background_sharpness and grain must be >= 0")
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Images
+# Rendering: one picture
 
 
 def _smooth_field(rng, size, grid=3):
@@ -166,33 +169,6 @@ def render(attributes, rng, world, stamp=False):
     return image
 
 
-def to_uint8(images):
-    """float images in [0, 1] -> uint8 (N, H, W, 3), the toy's image format everywhere outside the model."""
-    return np.clip(np.round(np.asarray(images) * 255), 0, 255).astype(np.uint8)
-
-
-def check_images(images, name="images", n=None):
-    """`images` itself if it is a uint8 numpy array (N, H, W, 3) (with N == n if given), else a clear ValueError."""
-    if not (isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim == 4
-            and images.shape[-1] == 3):
-        got = f"{type(images).__name__} {getattr(images, 'dtype', '')} {getattr(images, 'shape', '')}"
-        raise ValueError(f"{name} must be a uint8 numpy array (N, H, W, 3), got {got}")
-    if n is not None and len(images) != n:
-        raise ValueError(f"{len(images)} {name} but {n} attribute rows / prompts")
-    return images
-
-
-def images_to_tensor(images):
-    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1], the range the diffusion model works in."""
-    return torch.as_tensor(np.asarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
-
-
-def tensor_to_images(x):
-    """float (N, 3, H, W) in [-1, 1] -> uint8 (N, H, W, 3)."""
-    x = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).cpu().numpy()
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # The data set
 
@@ -261,14 +237,10 @@ def build_dataset(cfg: WorldConfig):
 
 def preview_grid(dataset, path, per_group=8, scale=4):
     """Save a PNG: one row per group (general, global, local), `per_group` distinct images each, enlarged."""
-    from PIL import Image
-
     rows = []
     for g in ("general", "global", "local"):
         ids = np.unique(dataset["image_id"][dataset["group"] == g])[:per_group]
         first = [np.flatnonzero(dataset["image_id"] == i)[0] for i in ids]
         row = [dataset["images"][j] for j in first]
-        row += [np.zeros_like(dataset["images"][0])] * (per_group - len(row))
-        rows.append(np.concatenate(row, axis=1))
-    grid = np.concatenate(rows, axis=0)
-    Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST).save(path)
+        rows.append(row + [np.zeros_like(dataset["images"][0])] * (per_group - len(row)))
+    return save_grid(rows, path, scale)

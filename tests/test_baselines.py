@@ -171,6 +171,7 @@ ACTING_KNOBS = {
     "rta": dict(num_tokens=2),
     "lowcfg": dict(guidance_scale=1.0),
     "transition": dict(transition_step=2, early_scale=-2.0),
+    "init_noise": dict(target=0.0, optim_iters=2),
 }
 
 

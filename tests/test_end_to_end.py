@@ -6,7 +6,7 @@ import pytest
 from prss_mini import metrics, sample
 from prss_mini.guidance.detect import first_step_magnitude, magnitude_trace
 from prss_mini.pipeline import ToyPipeline
-from prss_mini.world import memorized_captions
+from prss_mini.prompts import memorized_captions
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,8 @@ from prss_mini.metrics import (
     stamp_present, unique_training_images, wilson_interval,
 )
 from prss_mini.config import make_config, world_config
-from prss_mini.world import all_combinations, build_dataset, render, to_uint8
+from prss_mini.images import to_uint8
+from prss_mini.world import all_combinations, build_dataset, render
 
 WORLD = world_config(make_config("cpu"))
 

@@ -3,7 +3,8 @@ and its per-step weights, and the wrapper that turns a v-predicting network into
 import pytest
 import torch
 
-from prss_mini.diffusion import EpsilonModel, NoiseSchedule, add_noise, diffusion_loss, loss_weights, v_target
+from prss_mini.diffusion import EpsilonModel, NoiseSchedule, add_noise
+from prss_mini.loss import diffusion_loss, loss_weights, v_target
 from test_diffusion import SHAPE, ToyModel, gen
 
 

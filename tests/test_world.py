@@ -5,8 +5,8 @@ import pytest
 
 from prss_mini.config import make_config, world_config
 from prss_mini.captions import CREDITS, TITLES, make_caption, parse_caption, vocabulary
-from prss_mini.world import (WorldConfig, all_combinations, build_dataset, memorized_captions, num_variants, render,
-                             stamp_pattern)
+from prss_mini.prompts import memorized_captions, num_variants
+from prss_mini.world import WorldConfig, all_combinations, build_dataset, render, stamp_pattern
 
 SMALL = world_config(make_config("cpu", num_general=60, num_global=3, global_duplicates=5, title_variants=(2,),
                                  num_local=6, seed=3))

@@ -29,7 +29,7 @@ import os
 import matplotlib.pyplot as plt
 import numpy as np
 
-from prss_mini import captions, world
+from prss_mini import captions, images, prompts, world
 from prss_mini.config import make_config, world_config
 from prss_mini.guidance.paraphrase import paraphrases, same_meaning
 
@@ -60,8 +60,8 @@ for g in ("general", "global", "local"):
 share = np.mean(data["group"] == "global")
 print(f"\n{share:.0%} of all training items are the {cfg.num_global} global images: every epoch shows each of them "
       f"{cfg.global_duplicates} times, under the same caption (a titled one: all but a few times).")
-for caption in world.memorized_captions(data):
-    if world.num_variants(data, caption):
+for caption in prompts.memorized_captions(data):
+    if prompts.num_variants(data, caption):
         ids = data["image_id"] == data["image_id"][data["captions"] == caption][0]
         others = sorted(set(data["captions"][ids].tolist()) - {caption})
         print(f"  {caption!r} also appears as {len(others)} variants, e.g. {others[0]!r}")
@@ -122,7 +122,7 @@ print("held-out combinations that occur in training:", sum(tuple(a) in seen for 
 g = np.flatnonzero(data["group"] == "global")[0]
 duplicates = data["images"][data["captions"] == data["captions"][g]][:6]
 same_attrs = np.flatnonzero((data["group"] == "general") & (data["attributes"] == data["attributes"][g]).all(1))[:6]
-fresh = [world.to_uint8(world.render(data["attributes"][g], rng, cfg)) for _ in range(6)]
+fresh = [images.to_uint8(world.render(data["attributes"][g], rng, cfg)) for _ in range(6)]
 show_rows([duplicates, data["images"][same_attrs] if len(same_attrs) else fresh[:1], fresh],
           [f"global: 6 of the {counts[data['image_id'][g]]} training copies of {data['captions'][g]!r}",
            f"general training images with the same shape, colour, position ({len(same_attrs)} shown)",
@@ -151,7 +151,7 @@ canvas = np.full((cfg.image_size, cfg.image_size, 3), 0.5)
 canvas[o:o + k, o:o + k] = patch
 local = data["images"][data["group"] == "local"]
 general = data["images"][data["group"] == "general"]
-panels = [("the stamp", world.to_uint8(canvas))] + [(f"local {i}", local[i]) for i in range(4)]
+panels = [("the stamp", images.to_uint8(canvas))] + [(f"local {i}", local[i]) for i in range(4)]
 panels += [("mean of all local", local.mean(0).astype(np.uint8)),
            ("mean of all general", general.mean(0).astype(np.uint8))]
 fig, axes = plt.subplots(1, len(panels), figsize=(1.6 * len(panels), 2))

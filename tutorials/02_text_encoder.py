@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from prss_mini import captions, world
+from prss_mini import captions, prompts
 from prss_mini.checkpoint import load_checkpoint
 from prss_mini.guidance.paraphrase import paraphrases
 from prss_mini.pipeline import ToyPipeline
@@ -121,7 +121,7 @@ print("look at clip_loss.png: the loss should start near chance and fall; it can
 
 # %%
 data = pipe.dataset
-glob = world.memorized_captions(data)
+glob = prompts.memorized_captions(data)
 untitled = [c for c in glob if captions.parse_caption(c)[1] is None]
 memorized = (untitled or glob)[0]
 attrs = captions.parse_caption(memorized)[0]

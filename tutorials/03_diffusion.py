@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from prss_mini.diffusion import SCHEDULES, NoiseSchedule, add_noise, cfg_hook, predict_x0, sample, timesteps_for
+from prss_mini.images import images_to_tensor, tensor_to_images
 from prss_mini.judges import Judges
 from prss_mini.pipeline import ToyPipeline
-from prss_mini.world import images_to_tensor, tensor_to_images
 
 RUN = get_run()
 OUT = out_dir("03_diffusion")

@@ -13,7 +13,7 @@
 #     w_t || v - v_theta(x_t, t, caption) ||^2,      v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0
 #
 # or, with `--prediction_type epsilon`, DDPM's || eps - eps_theta(x_t, t, caption) ||^2
-# (`diffusion.diffusion_loss`; w_t is `diffusion.loss_weights`, which keeps only a little weight on the noisiest
+# (`loss.diffusion_loss`; w_t is `loss.loss_weights`, which keeps only a little weight on the noisiest
 # steps). The global images are a handful of the distinct images but a large share of the training items, so the
 # model sees each of them, always with the same caption, very many times (printed below).
 #

@@ -37,8 +37,8 @@ from prss_mini import figures, metrics, physics
 from prss_mini.diffusion import predict_noise, predict_x0
 from prss_mini.prompts import prompt_sets
 from prss_mini.guidance.detect import detection_score, first_step_magnitude, magnitude_trace, noise_magnitude
+from prss_mini.images import tensor_to_images
 from prss_mini.pipeline import ToyPipeline
-from prss_mini.world import tensor_to_images
 
 RUN = get_run()
 OUT = out_dir("05_detecting_memorization")

@@ -35,7 +35,7 @@
 # runs on a tiny randomly initialised pipeline, and every number and picture is noise.
 
 # %%
-from common import image_table, out_dir, quick, save_grid, show
+from common import image_table, out_dir, quick, show, show_grid
 
 import os
 
@@ -147,7 +147,7 @@ for b in range(NUM_IMAGES):
 rows = {method.upper(): np.stack([np.asarray(image) for image in images]) for method, (images, _) in results.items()}
 image_table(rows, [f"seed 0, #{b}" for b in range(NUM_IMAGES)], f"{OUT}/cfg_ss_prss.png", title=PROMPT)
 print(f"saved {OUT}/cfg_ss_prss.png")
-save_grid(np.concatenate(list(rows.values())), f"{OUT}/cfg_ss_prss_full.png", nrow=NUM_IMAGES,
+show_grid(np.concatenate(list(rows.values())), f"{OUT}/cfg_ss_prss_full.png", nrow=NUM_IMAGES,
           scale=1 if REAL else 4)
 print("rows of cfg_ss_prss_full.png: CFG, SS only, PRSS (full resolution)")
 

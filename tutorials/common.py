@@ -75,23 +75,22 @@ def show(fig, path, dpi=110, **savefig_options):
     return path
 
 
-def save_grid(images, path, nrow=None, scale=4):
-    """Save uint8 images (N, H, W, 3) as one enlarged PNG grid, `nrow` images per row; returns the path."""
+def show_grid(images, path, nrow=None, scale=4):
+    """Save uint8 images (N, H, W, 3) as one enlarged PNG grid, `nrow` images per row (the last one padded with
+    white), with prss_mini.images.save_grid; in a notebook also show it inline. Returns the path."""
     import numpy as np
-    from PIL import Image
+
+    from prss_mini.images import save_grid
 
     images = np.asarray(images)
     nrow = nrow or len(images)
     rows = []
     for r in range(0, len(images), nrow):
-        row = list(images[r:r + nrow]) + [np.full_like(images[0], 255)] * (nrow - len(images[r:r + nrow]))
-        rows.append(np.concatenate(row, axis=1))
-    grid = np.concatenate(rows, axis=0)
-    picture = Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
-    picture.save(path)
+        rows.append(list(images[r:r + nrow]) + [np.full_like(images[0], 255)] * (nrow - len(images[r:r + nrow])))
+    save_grid(rows, path, scale)
     if "ipykernel" in sys.modules:  # running in a Jupyter kernel
-        from IPython.display import display
-        display(picture)
+        from IPython.display import Image, display
+        display(Image(filename=path))
     print(f"saved {path}")
     return path
 
@@ -137,8 +136,8 @@ def image_table(rows, column_titles, path, title=None):
 
 def hardest_titled(prompts, data):
     """The titled memorized prompts, hardest first: the one whose image was trained under the most
-    title-keeping variants (world.num_variants), so most of its paraphrases still carry the memorization."""
+    title-keeping variants (prompts.num_variants), so most of its paraphrases still carry the memorization."""
     from prss_mini.captions import parse_caption
-    from prss_mini.world import num_variants
+    from prss_mini.prompts import num_variants
 
     return sorted([p for p in prompts if parse_caption(p)[1] is not None], key=lambda p: -num_variants(data, p))

@@ -8,7 +8,7 @@ A memorized prompt pulls the prediction far from the unconditional one, already 
 import torch
 
 from ..diffusion import classifier_free_guidance, predict_noise
-from ..world import tensor_to_images
+from ..images import tensor_to_images
 
 
 def noise_magnitude(eps_cond, eps_uncond):
