@@ -29,8 +29,8 @@ from .analysis import label
 from .captions import ATTRIBUTE_NAMES
 from .checkpoint import CheckpointError, config_differences, load_partial, save_partial
 from .config import read_config, to_dict
-from .guidance import METHODS
-from .guidance.detect import detection_score, magnitude_trace
+from .guidance import DETECTION_SCORES, METHODS
+from .guidance.detect import magnitude_trace
 from .judges import Judges
 from .pipeline import ToyPipeline, check_device
 from .pooling import pool, prompt_rows, results_at
@@ -179,7 +179,8 @@ def detection(pipe, sets, num_images=2, per_group=4):
     """Per-step magnitudes and first-step detection scores of the evaluation's prompts.
 
     Returns (traces: group -> [(m_t under CFG, m_t of the prompt PRSS used or None)] for `per_group` prompts,
-    averaged over `num_images` x_T; scores: group -> (P,) first-step scores of every prompt, 4 x_T each)."""
+    averaged over `num_images` x_T; scores: score name (guidance.DETECTION_SCORES) -> group -> (P,) scores of every
+    prompt, 4 x_T each)."""
     x_T = pipe.initial_noise(num_images, 7)
     traces = {}
     for group, prompts in sets.items():
@@ -192,7 +193,8 @@ def detection(pipe, sets, num_images=2, per_group=4):
                 if info["trace"]:
                     prss_trace = np.stack([m.numpy() for m in info["trace"]], 1).mean(0)
             traces[group].append((cfg_trace, prss_trace))
-    scores = {g: detection_score(pipe, [p for p, _ in prompts], num_images=4).numpy() for g, prompts in sets.items()}
+    scores = {name: {g: score(pipe, [p for p, _ in prompts], num_images=4).numpy() for g, prompts in sets.items()}
+              for name, score in DETECTION_SCORES.items()}
     return traces, scores
 
 
@@ -221,7 +223,7 @@ def evaluate_run(run_dir, args, jobs, out_dir, index):
     results, images = run_jobs(pipe, judges, train_images, sets, jobs, args.num_images, partial)
     traces, scores = detection(pipe, sets)
     run = {"name": run_dir, "seed": pipe.config.seed, "thresholds": thresholds, "results": results,
-           "prompts": {g: [p for p, _ in v] for g, v in sets.items()}, "scores": {g: v.tolist() for g, v in scores.items()}}
+           "prompts": {g: [p for p, _ in v] for g, v in sets.items()}, "scores": {name: {g: v.tolist() for g, v in by_group.items()} for name, by_group in scores.items()}}
     return run, images, traces, partial
 
 
@@ -277,11 +279,11 @@ def main(argv=None):
     figures.tradeoff_plot(results_at(runs), os.path.join(out_dir, "tradeoff.png"))
     figures.method_grid(grid_images, first_sets, os.path.join(out_dir, "grid.png"))
     figures.traces_plot(first_traces, runs[0]["thresholds"]["lambda_pr"], os.path.join(out_dir, "traces.png"))
-    figures.roc_plot({g: np.concatenate([r["scores"][g] for r in runs]) for g in runs[0]["scores"]},
-                     os.path.join(out_dir, "roc.png"))
+    figures.roc_plot({name: {g: np.concatenate([r["scores"][name][g] for r in runs]) for g in by_group}
+                      for name, by_group in runs[0]["scores"].items()}, os.path.join(out_dir, "roc.png"))
     print(text)
-    auc = {g: pooled["detection"][f"roc_auc_{g}"] for g in MEMORIZED}
-    print("first-step detection ROC-AUC: " + ", ".join(f"{g} {cell(f)}" for g, f in auc.items()))
+    for name, d in pooled["detection"].items():
+        print(f"detection ROC-AUC, {name}: " + ", ".join(f"{g} {cell(d[f'roc_auc_{g}'])}" for g in MEMORIZED))
     for partial in partials:
         os.remove(partial)  # everything is in metrics.json and per_prompt.csv now
     print(f"wrote {out_dir}: metrics.json metrics.csv per_prompt.csv ablation.md tradeoff.png grid.png traces.png "

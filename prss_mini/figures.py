@@ -10,6 +10,7 @@ from .analysis import PANELS, frontier, points
 from .guidance import METHODS
 from .images import enlarge
 from .metrics import roc_auc, roc_curve
+from .prompts import CONTROL, MEMORIZED
 
 GROUP_COLOURS = {"global": "crimson", "local": "darkorange", "general": "steelblue", "heldout": "seagreen"}
 # PRSS is red and CFG black; every other method takes the next of these, in the order of METHODS
@@ -82,15 +83,16 @@ def traces_plot(traces, lambda_pr, path):
 
 
 def roc_plot(scores, path):
-    """scores: group -> first-step detection scores; memorized groups against general + held-out."""
-    negative = np.concatenate([scores["general"], scores["heldout"]])
-    fig, ax = plt.subplots(figsize=(4.2, 4))
-    for group in ("global", "local"):
-        fpr, tpr = roc_curve(scores[group], negative)
-        ax.plot(fpr, tpr, label=f"{group} vs not memorized: AUC {roc_auc(scores[group], negative):.2f}")
-    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="first-step magnitude detection")
-    ax.legend(fontsize=8)
+    """scores: score name -> group -> detection scores; one panel per score, memorized groups against the controls."""
+    fig, axes = plt.subplots(1, len(scores), figsize=(4.2 * len(scores), 4), squeeze=False)
+    for ax, (name, by_group) in zip(axes[0], scores.items()):
+        negative = np.concatenate([by_group[g] for g in CONTROL])
+        for group in MEMORIZED:
+            fpr, tpr = roc_curve(by_group[group], negative)
+            ax.plot(fpr, tpr, label=f"{group} vs not memorized: AUC {roc_auc(by_group[group], negative):.2f}")
+        ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+        ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"detection: {name}")
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

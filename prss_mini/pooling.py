@@ -102,13 +102,16 @@ def verdict(margin):
 
 
 def detection(runs, picks=None):
-    """First-step detection over the pooled prompts: mean score per group, ROC-AUC of each memorized group
+    """Every detection score over the pooled prompts: its mean per group, and the ROC-AUC of each memorized group
     against the control groups."""
-    scores = {g: np.concatenate([np.asarray(run["scores"][g])[None if picks is None else picks[r][g]].ravel()
-                                 for r, run in enumerate(runs)]) for g in runs[0]["scores"]}
-    negative = np.concatenate([scores[g] for g in CONTROL if g in scores])
-    return {"first_step_magnitude": {g: float(np.mean(v)) for g, v in scores.items()},
-            **{f"roc_auc_{g}": metrics.roc_auc(scores[g], negative) for g in MEMORIZED if g in scores}}
+    out = {}
+    for name in runs[0]["scores"]:
+        scores = {g: np.concatenate([np.asarray(run["scores"][name][g])[None if picks is None else picks[r][g]].ravel()
+                                     for r, run in enumerate(runs)]) for g in runs[0]["scores"][name]}
+        negative = np.concatenate([scores[g] for g in CONTROL if g in scores])
+        out[name] = {"mean": {g: float(np.mean(v)) for g, v in scores.items()},
+                     **{f"roc_auc_{g}": metrics.roc_auc(scores[g], negative) for g in MEMORIZED if g in scores}}
+    return out
 
 
 def summary(results):
@@ -117,7 +120,7 @@ def summary(results):
 
 
 def pool(runs, n=RESAMPLES, seed=0):
-    """runs: [{"name", "seed", "results" (run_jobs'), "prompts" ({group: [...]}), "scores" ({group: (P,)})}], the
+    """runs: [{"name", "seed", "results" (run_jobs'), "prompts" ({group: [...]}), "scores" ({score: {group: (P,)}})}], the
     same jobs and prompt counts in each. Returns metrics: every figure as {"value", "ci95", "per_run"}."""
     names = [run["name"] for run in runs]
     if len(set(names)) != len(names):
@@ -147,6 +150,6 @@ def prompt_rows(runs):
                                  "triggered": row["triggered"], "chosen_prompt": row["chosen_prompt"],
                                  "clip": row["clip"], "identical": row.get("identical", ""),
                                  **{k: row[k] for k in row if k.startswith("attr_")},
-                                 "first_step_magnitude": float(run["scores"][g][j]), "samples": row["samples"],
+                                 **{name: float(s[g][j]) for name, s in run["scores"].items()}, "samples": row["samples"],
                                  "unet_evals": row["evals"], "seconds": row["seconds"]})
     return rows

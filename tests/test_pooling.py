@@ -22,7 +22,8 @@ def run(name, copies, seed=0, clip=None):
         results.append({"method": method, "knobs": {}, "label": label, "groups": groups})
     prompts = {"global": ["p"] * len(copies), "local": ["p"] * len(copies), "general": ["q", "r"]}
     return {"name": name, "seed": seed, "results": results, "prompts": prompts,
-            "scores": {"global": [5.0] * len(copies), "local": [4.0] * len(copies), "general": [1.0, 2.0]}}
+            "scores": {"first_step_magnitude": {"global": [5.0] * len(copies), "local": [4.0] * len(copies),
+                                                "general": [1.0, 2.0]}}}
 
 
 def test_a_pooled_figure_is_the_mean_of_the_prompts_of_every_run_with_each_run_beside_it():
@@ -61,8 +62,8 @@ def test_a_verdict_is_read_off_the_interval_of_the_clip_difference(ci, expected)
 
 def test_detection_auc_pools_every_run_s_prompts():
     pooled = pooling.pool([run("a", [1.0]), run("b", [1.0])], n=20)
-    assert pooled["detection"]["roc_auc_global"]["value"] == 1.0
-    assert pooled["detection"]["first_step_magnitude"]["general"]["value"] == 1.5
+    assert pooled["detection"]["first_step_magnitude"]["roc_auc_global"]["value"] == 1.0
+    assert pooled["detection"]["first_step_magnitude"]["mean"]["general"]["value"] == 1.5
 
 
 def test_cost_is_pooled_as_evaluations_per_image():

@@ -29,7 +29,7 @@ def fake_pooled(methods):
         for g in r["groups"].values():
             g["per_prompt"] = [{**row, "prompt": "p", "chosen_prompt": "p", "samples": 1}]
     run = {"name": "run", "seed": 0, "results": results, "prompts": {g: ["p"] for g in evaluate.GROUPS},
-           "scores": {g: [0.5] for g in evaluate.GROUPS}}
+           "scores": {"first_step_magnitude": {g: [0.5] for g in evaluate.GROUPS}}}
     return pooling.pool([run], n=5)
 
 

@@ -7,6 +7,8 @@ Every method module declares
         hook(x_t, t, i) -> eps_hat  is called by `diffusion.sample` at every step;
         info                        is a dict the method fills for the curious (triggered?, chosen prompt, traces);
                                     per-sample entries are lists of B ("triggered", "prompt": what evaluate reads);
+                                    a method that moves the initial noise puts the new start in info["x_T"]
+                                    (init_noise.py): pipe.generate starts the sampling loop there;
     TITLE     its name in tables;
     KNOBS     its options (knobs.Knob: name, type, default, help): `sample` makes them command-line options, and
               they are exactly build's parameters after `seed` (checked below, when the registry is read);
@@ -33,7 +35,7 @@ find it there.
 
 import inspect
 
-from . import cfg, gni, lowcfg, pe, pr_only, prss, rta, ss_only, transition
+from . import anisotropy, cfg, detect, gni, init_noise, lowcfg, pe, pr_only, prss, rta, ss_only, transition
 from .knobs import with_defaults
 
 METHODS = {
@@ -46,8 +48,15 @@ METHODS = {
     "rta": rta,
     "lowcfg": lowcfg,
     "transition": transition,
+    "init_noise": init_noise,
 }
 BUILD_PARAMETERS = ["pipe", "prompt", "x_T", "guidance_scale", "seed"]
+
+# Memorization detection scores, score(pipe, prompts, seeds=(0,), num_images=1) -> (P,): evaluate's ROC reads them.
+DETECTION_SCORES = {
+    "first_step_magnitude": detect.detection_score,      # Wen et al. 2024
+    "anisotropy": anisotropy.anisotropy_score,            # Asthana et al. 2026
+}
 
 
 def check_method(name, module):
