@@ -17,9 +17,11 @@ each resample, so its interval carries the same uncertainty.
 import numpy as np
 
 from . import analysis, metrics
+from .guidance import DETECTION_SCORES
 from .prompts import CONTROL, MEMORIZED
 
 RESAMPLES = 1000
+DETECTION_COLUMNS = tuple(DETECTION_SCORES)  # per_prompt.csv's columns of the detection scores
 KEEP = ("method", "knobs", "label", "panel", "baseline", "dominated")  # names, not figures
 
 
@@ -114,9 +116,33 @@ def detection(runs, picks=None):
     return out
 
 
+# The paper's ablation claims as paired comparisons of two methods' defaults: (a, b, group, measure, "-" or "/").
+CONTRASTS = {
+    "PR adds privacy over SS only: global similarity, prss - ss": ("prss", "ss", "global", "similarity", "-"),
+    "PR adds privacy over SS only: global copy rate, prss - ss": ("prss", "ss", "global", "copy", "-"),
+    "PR adds privacy over SS only: local stamp rate, prss - ss": ("prss", "ss", "local", "stamp", "-"),
+    "SS adds utility over PR only: global CLIP, prss - pr": ("prss", "pr", "global", "clip", "-"),
+    "SS adds utility over PR only: local CLIP, prss - pr": ("prss", "pr", "local", "clip", "-"),
+    "global attribute accuracy, prss / cfg": ("prss", "cfg", "global", "attr", "/"),
+}
+
+
+def contrasts(results):
+    """CONTRASTS on one set of results (each method's first setting); those whose methods did not run are left out."""
+    first = {}
+    for r in results:
+        first.setdefault(r["method"], r["groups"])
+    out = {}
+    for name, (a, b, group, measure, op) in CONTRASTS.items():
+        if a in first and b in first and group in first[a] and group in first[b]:
+            x, y = first[a][group][measure], first[b][group][measure]
+            out[name] = x - y if op == "-" else (x / y if y else None)
+    return out
+
+
 def summary(results):
-    """What the tables read, on one set of results: the means, PRSS's margins, the cost table."""
-    return {"results": results, **analysis.summarize(results)}
+    """What the tables read, on one set of results: the means, PRSS's margins, the cost table, the contrasts."""
+    return {"results": results, **analysis.summarize(results), "contrasts": contrasts(results)}
 
 
 def pool(runs, n=RESAMPLES, seed=0):
@@ -153,3 +179,56 @@ def prompt_rows(runs):
                                  **{name: float(s[g][j]) for name, s in run["scores"].items()}, "samples": row["samples"],
                                  "unet_evals": row["evals"], "seconds": row["seconds"]})
     return rows
+
+
+def runs_from_rows(rows):
+    """The runs `pool` reads, rebuilt from per_prompt.csv's rows (csv.DictReader): pooling again needs no sampling."""
+    number = lambda v: float(v) if v not in ("", None) else None
+    renamed = {"attribute_accuracy": "attr", "unet_evals": "evals"}
+    skip = ("method", "setting", "group", "prompt", "run", "seed", "chosen_prompt", "samples")
+    runs = {}
+    for row in rows:
+        run = runs.setdefault(row["run"], {"name": row["run"], "seed": int(row["seed"]), "results": {},
+                                           "prompts": {}, "scores": {}})
+        result = run["results"].setdefault(row["setting"], {"method": row["method"], "knobs": {},
+                                                            "label": row["setting"], "groups": {}})
+        values = {renamed.get(k, k): number(v) for k, v in row.items() if k not in skip}
+        entry = {k: v for k, v in values.items() if v is not None and k not in DETECTION_COLUMNS}
+        entry.update(prompt=row["prompt"], chosen_prompt=row["chosen_prompt"], samples=int(float(row["samples"])))
+        result["groups"].setdefault(row["group"], {"per_prompt": []})["per_prompt"].append(entry)
+        if row["method"] == "cfg":  # every prompt of every group, once
+            run["prompts"].setdefault(row["group"], []).append(row["prompt"])
+            for name in DETECTION_COLUMNS:
+                if name in row:
+                    run["scores"].setdefault(name, {}).setdefault(row["group"], []).append(float(row[name]))
+    return [{**run, "results": list(run["results"].values())} for run in runs.values()]
+
+
+def main(argv=None):
+    """python -m prss_mini.pooling DIR: pool DIR/per_prompt.csv again (e.g. with another number of resamples) and
+    rewrite DIR's metrics.json, metrics.csv and ablation.md."""
+    import argparse
+    import csv
+    import json
+    import os
+
+    from .report import write_reports
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("dir", help="an evaluation's output folder (with per_prompt.csv)")
+    parser.add_argument("--resamples", type=int, default=RESAMPLES)
+    args = parser.parse_args(argv)
+    path = os.path.join(args.dir, "per_prompt.csv")
+    if not os.path.exists(path):
+        parser.error(f"{path} is missing: run `python -m prss_mini.evaluate --run RUN --out {args.dir}` first")
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    old = {}
+    if os.path.exists(os.path.join(args.dir, "metrics.json")):
+        with open(os.path.join(args.dir, "metrics.json")) as f:
+            old = {k: v for k, v in json.load(f).items() if k in ("runs", "num_images", "prompts")}
+    runs = runs_from_rows(rows)
+    print(write_reports(args.dir, {**pool(runs, args.resamples), **old}, prompt_rows(runs)))
+
+
+if __name__ == "__main__":
+    main()

@@ -62,6 +62,13 @@ def dominance_table(rows):
     return "\n".join(lines)
 
 
+def contrast_table(contrasts):
+    lines = ["| the paper's ablation claim, as a paired comparison of two defaults | pooled (95% interval) [per run] |",
+             "|---|---|"]
+    lines += [f"| {name} | {cell(fig, '+.3f' if '/' not in name else '.3f')} |" for name, fig in contrasts.items()]
+    return "\n".join(lines)
+
+
 def write_reports(out_dir, metrics, prompt_rows):
     """metrics.json (every pooled figure), metrics.csv (one row per setting, group and measure), per_prompt.csv
     (one row per setting, group, prompt and run) and ablation.md (the three tables). Returns ablation.md's text."""
@@ -79,8 +86,8 @@ def write_reports(out_dir, metrics, prompt_rows):
         writer = csv.DictWriter(f, columns)
         writer.writeheader()
         writer.writerows(prompt_rows)
-    text = (ablation_table(metrics["results"]) + "\n\n" + cost_table(metrics["cost"]) + "\n\n"
-            + dominance_table(metrics["dominance"]) + "\n")
+    text = (ablation_table(metrics["results"]) + "\n\n" + contrast_table(metrics.get("contrasts", {})) + "\n\n"
+            + cost_table(metrics["cost"]) + "\n\n" + dominance_table(metrics["dominance"]) + "\n")
     with open(os.path.join(out_dir, "ablation.md"), "w") as f:
         f.write(text)
     return text

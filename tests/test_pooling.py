@@ -19,6 +19,7 @@ def run(name, copies, seed=0, clip=None):
     for method, label, shift in (("cfg", "cfg", 0.0), ("prss", "prss", -0.5), ("pe", "pe", -0.5)):
         groups = {g: {"per_prompt": [row(max(c + shift, 0.0), u - 0.1 * (method == "pe"), method)
                                      for c, u in zip(copies, clip)]} for g in ("global", "local")}
+        groups["general"] = {"per_prompt": [row(0.0, 0.5, method), row(0.0, 0.5, method)]}
         results.append({"method": method, "knobs": {}, "label": label, "groups": groups})
     prompts = {"global": ["p"] * len(copies), "local": ["p"] * len(copies), "general": ["q", "r"]}
     return {"name": name, "seed": seed, "results": results, "prompts": prompts,
@@ -73,7 +74,7 @@ def test_cost_is_pooled_as_evaluations_per_image():
 
 def test_per_prompt_rows_name_the_run_and_its_training_seed():
     rows = pooling.prompt_rows([run("a", [1.0, 0.0], seed=7)])
-    assert len(rows) == 3 * 2 * 2 and {r["run"] for r in rows} == {"a"} and {r["seed"] for r in rows} == {7}
+    assert len(rows) == 3 * (2 + 2 + 2) and {r["run"] for r in rows} == {"a"} and {r["seed"] for r in rows} == {7}
     assert [r["copy"] for r in rows[:2]] == [1.0, 0.0] and rows[0]["attribute_accuracy"] == 1.0
 
 
@@ -93,3 +94,27 @@ def test_several_runs_need_an_output_folder(tmp_path, capsys):
     with pytest.raises(SystemExit):
         evaluate.main(["--run", str(tmp_path / "a"), "--run", str(tmp_path / "b")])
     assert "--out" in capsys.readouterr().err
+
+
+def test_a_contrast_is_the_paired_difference_of_two_defaults():
+    pooled = pooling.pool([run("a", [0.6, 1.0, 0.8])], n=100)
+    assert "PR adds privacy over SS only: global similarity, prss - ss" not in pooled["contrasts"]  # no ss here
+    rows = {r["method"]: r for r in pooled["results"]}
+    cfg_minus_prss = rows["cfg"]["groups"]["global"]["copy"]["value"] - rows["prss"]["groups"]["global"]["copy"]["value"]
+    assert cfg_minus_prss == pytest.approx(0.5)
+    ratio = pooled["contrasts"]["global attribute accuracy, prss / cfg"]
+    assert ratio["value"] == 1.0 and ratio["ci95"] == [1.0, 1.0]
+
+
+def test_pooling_again_from_per_prompt_csv_gives_the_same_figures(tmp_path):
+    import csv
+    runs = [run("a", [1.0, 0.0, 0.5], seed=0), run("b", [1.0, 1.0, 0.0], seed=1)]
+    rows = pooling.prompt_rows(runs)
+    with open(tmp_path / "per_prompt.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    with open(tmp_path / "per_prompt.csv") as f:
+        again = pooling.runs_from_rows(list(csv.DictReader(f)))
+    first, second = pooling.pool(runs, n=50), pooling.pool(again, n=50)
+    assert first["results"] == second["results"] and first["detection"] == second["detection"]
