@@ -1,4 +1,4 @@
-"""PRSS's pure functions: memorization detection, Prompt Re-anchoring, Semantic Prompt Search."""
+"""PRSS's pure functions and hooks: memorization detection, Prompt Re-anchoring, the PRSS loop (SS: test_ss.py)."""
 
 from types import SimpleNamespace
 
@@ -11,7 +11,7 @@ from prss_mini.guidance import build_hook, pr_only, prss
 from prss_mini.guidance.detect import detection_score, first_step_magnitude, magnitude_trace, noise_magnitude
 from prss_mini.guidance.paraphrase import paraphrases
 from prss_mini.guidance.pr import prompt_reanchor, reanchor_strength
-from prss_mini.guidance.ss import semantic_search
+from prss_mini.guidance.ss import search_one_sample
 
 S, LAMBDA_PR, TAU = 5.0, 3.0, 5.0
 
@@ -79,74 +79,6 @@ def test_pr_rejects_bad_thresholds(lambda_pr, tau):
     eps_u, eps_p, eps_ss = predictions()
     with pytest.raises(ValueError, match="tau|>= 0"):
         prompt_reanchor(eps_u, eps_p, eps_ss, S, lambda_pr, tau)
-
-
-class FakeMagnitudes:
-    """magnitude_fn for SS tests: a fixed table, and a log of what was asked."""
-
-    def __init__(self, table):
-        self.table, self.asked = table, []
-
-    def __call__(self, prompts):
-        self.asked += prompts
-        return [self.table[p] for p in prompts]
-
-
-def search_one(prompt, candidates, fn, lambda_ss):
-    """The batched search on one sample, asking `fn` as a one-by-one search would."""
-    score = lambda candidate, rows: fn([candidate]) * len(rows)
-    return semantic_search(prompt, fn([prompt]), candidates, score, lambda_ss)[0]
-
-
-def test_ss_passes_untriggered_prompts_through():
-    fn = FakeMagnitudes({"p": 0.5, "a": 0.1})
-    result = search_one("p", ["a"], fn, lambda_ss=1.0)
-    assert (result.prompt, result.triggered) == ("p", False)
-    assert fn.asked == ["p"]  # no candidate was scored
-
-
-def test_ss_stops_at_the_first_candidate_under_lambda_ss():
-    fn = FakeMagnitudes({"p": 5.0, "a": 3.0, "b": 0.9, "c": 0.1})
-    result = search_one("p", ["a", "b", "c"], fn, lambda_ss=1.0)
-    assert (result.prompt, result.triggered) == ("b", True)
-    assert fn.asked == ["p", "a", "b"]  # early stop: c was never scored
-
-
-def test_ss_falls_back_to_the_smallest_magnitude():
-    fn = FakeMagnitudes({"p": 5.0, "a": 3.0, "b": 2.0})
-    assert search_one("p", ["a", "b"], fn, lambda_ss=1.0).prompt == "b"
-
-
-def test_ss_fallback_includes_the_original_prompt():
-    fn = FakeMagnitudes({"p": 2.0, "a": 3.0, "b": 4.0})
-    result = search_one("p", ["a", "b"], fn, lambda_ss=1.0)
-    assert (result.prompt, result.triggered) == ("p", True)
-
-
-def test_ss_with_no_candidates_keeps_the_prompt():
-    result = search_one("p", [], FakeMagnitudes({"p": 5.0}), lambda_ss=1.0)
-    assert (result.prompt, result.triggered) == ("p", True)
-    assert result.magnitudes == {"p": 5.0}
-
-
-def test_ss_at_exactly_lambda_ss_the_prompt_does_not_trigger_and_a_candidate_passes():
-    assert search_one("p", ["a"], FakeMagnitudes({"p": 1.0, "a": 0.1}), lambda_ss=1.0).triggered is False
-    fn = FakeMagnitudes({"p": 5.0, "a": 1.0, "b": 0.1})
-    assert search_one("p", ["a", "b"], fn, lambda_ss=1.0).prompt == "a" and fn.asked == ["p", "a"]
-
-
-def test_ss_rejects_a_negative_threshold():
-    with pytest.raises(ValueError, match="lambda_ss"):
-        search_one("p", [], FakeMagnitudes({"p": 1.0}), lambda_ss=-1.0)
-
-
-def test_ss_scores_neither_the_prompt_nor_a_repeated_candidate_again():
-    """Candidates "a", the prompt, "a" again, "b": only "a" and "b" are scored, once each, for both samples."""
-    table, scored = {"p": 5.0, "a": 3.0, "b": 2.0}, []
-    score = lambda candidate, rows: scored.append((candidate, list(rows))) or [table[candidate]] * len(rows)
-    results = semantic_search("p", [5.0, 5.0], ["a", "p", "a", "b"], score, lambda_ss=1.0)
-    assert scored == [("a", [0, 1]), ("b", [0, 1])]
-    assert [(r.prompt, r.magnitudes) for r in results] == [("b", {"p": 5.0, "a": 3.0, "b": 2.0})] * 2
 
 
 def test_tau_factor_moves_tau_to_lambda_pr_plus_factor_times_the_ramp():
@@ -271,7 +203,7 @@ def test_prss_search_gives_each_sample_what_its_own_one_by_one_search_gives(rand
     _, info = random_pipe.generate(prompt, method="prss", lambda_ss=lambda_ss, return_info=True, **kw)
     for b in range(3):
         table = dict(zip([prompt] + candidates, first[:, b].tolist()))
-        alone = search_one(prompt, candidates, lambda ps: [table[p] for p in ps], lambda_ss)
+        alone = search_one_sample(prompt, candidates, table.get, lambda_ss)
         assert info["prompt"][b] == alone.prompt and list(info["magnitudes"][b]) == list(alone.magnitudes)
         assert info["magnitudes"][b] == pytest.approx(alone.magnitudes, rel=1e-4)
     assert len({len(m) for m in info["magnitudes"]}) > 1  # the samples' searches did stop at different places

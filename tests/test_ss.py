@@ -1,6 +1,8 @@
-"""Semantic Prompt Search: the batched search PRSS runs gives every sample what its own search gives."""
+"""Semantic Prompt Search (guidance/ss.py): the paper's rules, and the batched search PRSS runs giving every sample what
+its own search gives."""
 
 import numpy as np
+import pytest
 import torch
 
 from prss_mini.guidance.ss import search_one_sample, semantic_search
@@ -38,3 +40,71 @@ def test_one_sample_takes_the_first_candidate_at_most_lambda_ss():
 def test_one_sample_takes_the_smallest_seen_when_none_passes_the_prompt_included():
     values = {"p": 1.2, "a": 1.5, "b": 1.3}
     assert search_one_sample("p", ["a", "b"], values.get, LAMBDA).prompt == "p"
+
+
+class FakeMagnitudes:
+    """magnitude_fn for SS tests: a fixed table, and a log of what was asked."""
+
+    def __init__(self, table):
+        self.table, self.asked = table, []
+
+    def __call__(self, prompts):
+        self.asked += prompts
+        return [self.table[p] for p in prompts]
+
+
+def search_one(prompt, candidates, fn, lambda_ss):
+    """The batched search on one sample, asking `fn` as a one-by-one search would."""
+    score = lambda candidate, rows: fn([candidate]) * len(rows)
+    return semantic_search(prompt, fn([prompt]), candidates, score, lambda_ss)[0]
+
+
+def test_ss_passes_untriggered_prompts_through():
+    fn = FakeMagnitudes({"p": 0.5, "a": 0.1})
+    result = search_one("p", ["a"], fn, lambda_ss=1.0)
+    assert (result.prompt, result.triggered) == ("p", False)
+    assert fn.asked == ["p"]  # no candidate was scored
+
+
+def test_ss_stops_at_the_first_candidate_under_lambda_ss():
+    fn = FakeMagnitudes({"p": 5.0, "a": 3.0, "b": 0.9, "c": 0.1})
+    result = search_one("p", ["a", "b", "c"], fn, lambda_ss=1.0)
+    assert (result.prompt, result.triggered) == ("b", True)
+    assert fn.asked == ["p", "a", "b"]  # early stop: c was never scored
+
+
+def test_ss_falls_back_to_the_smallest_magnitude():
+    fn = FakeMagnitudes({"p": 5.0, "a": 3.0, "b": 2.0})
+    assert search_one("p", ["a", "b"], fn, lambda_ss=1.0).prompt == "b"
+
+
+def test_ss_fallback_includes_the_original_prompt():
+    fn = FakeMagnitudes({"p": 2.0, "a": 3.0, "b": 4.0})
+    result = search_one("p", ["a", "b"], fn, lambda_ss=1.0)
+    assert (result.prompt, result.triggered) == ("p", True)
+
+
+def test_ss_with_no_candidates_keeps_the_prompt():
+    result = search_one("p", [], FakeMagnitudes({"p": 5.0}), lambda_ss=1.0)
+    assert (result.prompt, result.triggered) == ("p", True)
+    assert result.magnitudes == {"p": 5.0}
+
+
+def test_ss_at_exactly_lambda_ss_the_prompt_does_not_trigger_and_a_candidate_passes():
+    assert search_one("p", ["a"], FakeMagnitudes({"p": 1.0, "a": 0.1}), lambda_ss=1.0).triggered is False
+    fn = FakeMagnitudes({"p": 5.0, "a": 1.0, "b": 0.1})
+    assert search_one("p", ["a", "b"], fn, lambda_ss=1.0).prompt == "a" and fn.asked == ["p", "a"]
+
+
+def test_ss_rejects_a_negative_threshold():
+    with pytest.raises(ValueError, match="lambda_ss"):
+        search_one("p", [], FakeMagnitudes({"p": 1.0}), lambda_ss=-1.0)
+
+
+def test_ss_scores_neither_the_prompt_nor_a_repeated_candidate_again():
+    """Candidates "a", the prompt, "a" again, "b": only "a" and "b" are scored, once each, for both samples."""
+    table, scored = {"p": 5.0, "a": 3.0, "b": 2.0}, []
+    score = lambda candidate, rows: scored.append((candidate, list(rows))) or [table[candidate]] * len(rows)
+    results = semantic_search("p", [5.0, 5.0], ["a", "p", "a", "b"], score, lambda_ss=1.0)
+    assert scored == [("a", [0, 1]), ("b", [0, 1])]
+    assert [(r.prompt, r.magnitudes) for r in results] == [("b", {"p": 5.0, "a": 3.0, "b": 2.0})] * 2
