@@ -11,6 +11,8 @@ import zlib
 import numpy as np
 import torch
 
+from .ss import root_mean_square
+
 
 def blocks(prompt, num_samples, seed=None):
     """[(prompt, seed, rows)], one per prompt: `rows` is the slice of the batch's samples it owns.
@@ -42,7 +44,7 @@ def per_block(values, parts):
     per_prompt reduction: the official code's norm over a prompt's batch, divided by sqrt(K))."""
     out = values.clone()
     for _, _, rows in parts:
-        out[rows] = values[rows].pow(2).mean().sqrt()
+        out[rows] = root_mean_square(values[rows])
     return out
 
 
