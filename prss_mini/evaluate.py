@@ -22,6 +22,7 @@ import sys
 import time
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from . import figures, metrics
@@ -36,6 +37,9 @@ from .pipeline import ToyPipeline, check_device
 from .pooling import pool, prompt_rows, results_at
 from .report import cell, write_reports
 from .prompts import CONTROL, GROUPS, MEMORIZED, prompt_sets
+
+# The evaluation samples these groups together, one batch per job: memorized prompts, then controls.
+BATCHES = (MEMORIZED, CONTROL)
 
 def jobs_for(methods, quick=False):
     """[(method, knobs)]: plain CFG first (the reference), then each method's SWEEP and VARIANTS (quick: its first
@@ -99,19 +103,30 @@ def seeds_for(prompts):
     return [1000 + j for j in range(len(prompts))]
 
 
-def run_group(pipe, judges, train_images, prompts, method, knobs, num_images, reference=None):
-    """One setting on every prompt of a group in ONE batched sampling run (a UNet call on P * K samples costs far
-    less per sample than P calls on K), measured. Returns its entry: per-sample values (MEASURES, prompt-major),
-    "chosen" (the prompt each sample was generated with), "seconds", "evals" and "images" (P * K, H, W, 3)."""
+def run_batch(pipe, judges, train_images, sets, method, knobs, num_images, reference=None):
+    """One setting on every prompt of the groups in `sets` (group -> prompts) in ONE batched sampling run (a UNet
+    call on many samples costs less per sample than several calls on few), measured. Returns one entry per group:
+    per-sample values (MEASURES, prompt-major), "chosen" (the prompt each sample was generated with), "images"
+    (P * K, H, W, 3), and the batch's "seconds" and "evals" shared by its samples: a group's cost per image is its
+    batch's. `reference`: group -> plain CFG's images of the same prompts and seeds."""
+    prompts = [p for group in sets.values() for p in group]
     texts, attributes = [p for p, _ in prompts], np.stack([a for _, a in prompts])
+    seeds = [s for group in sets.values() for s in seeds_for(group)]
     count0, t0 = pipe.unet.count, time.perf_counter()
-    out, info = pipe.generate(texts, method=method, num_images=num_images, seed=seeds_for(prompts),
-                              return_info=True, **knobs)
-    entry = {"seconds": time.perf_counter() - t0, "evals": pipe.unet.count - count0,
-             "chosen": info.get("prompt", list(np.repeat(texts, num_images)))}
-    entry.update(measure(judges, train_images, out, list(np.repeat(texts, num_images)),
-                         np.repeat(attributes, num_images, 0), info, reference))
-    return {**entry, "images": out}
+    out, info = pipe.generate(texts, method=method, num_images=num_images, seed=seeds, return_info=True, **knobs)
+    seconds, evals = time.perf_counter() - t0, pipe.unet.count - count0
+    chosen = info.get("prompt", list(np.repeat(texts, num_images)))
+    values = measure(judges, train_images, out, list(np.repeat(texts, num_images)),
+                     np.repeat(attributes, num_images, 0), info,
+                     None if reference is None else np.concatenate([reference[g] for g in sets]))
+    entries, start = {}, 0
+    for group, group_prompts in sets.items():
+        own = slice(start, start + len(group_prompts) * num_images)
+        share = (own.stop - own.start) / len(out)
+        entries[group] = {"seconds": seconds * share, "evals": evals * share, "chosen": chosen[own],
+                          **{m: v[own] for m, v in values.items()}, "images": out[own]}
+        start = own.stop
+    return entries
 
 
 def per_prompt(entry, prompts, num_images):
@@ -133,10 +148,14 @@ def run_jobs(pipe, judges, train_images, sets, jobs, num_images, partial_path=No
     one result dict and one {(group, j): uint8 (K, H, W, 3)} per job. A result's groups[g] holds the means over
     the group's samples and "per_prompt", one row per prompt (see per_prompt).
 
-    Group by group, all jobs back to back: the machine's speed drifts over minutes, and this way a drift hits
-    every method alike, so the time ratios compare like with like. jobs[0] must be plain CFG, whose images the
-    others are compared with. With `partial_path` (.npz) every finished (group, job) is saved, and a rerun of the
-    same evaluation resumes after it: an interrupted run loses nothing it finished."""
+    Batch by batch (BATCHES: the memorized groups in one, the controls in another), all jobs back to back: the
+    machine's speed drifts over minutes, and this way a drift hits every method alike, so the time ratios compare
+    like with like. Each job runs its groups of a batch in one sampling run (run_batch), so cost is measured per
+    batch: memorized prompts apart from control prompts. jobs[0] must be plain CFG, whose images the others are
+    compared with. With `partial_path` (.npz) every finished (group, job) is saved, and a rerun of the same
+    evaluation resumes after it: an interrupted run loses nothing it finished."""
+    if not set(sets) <= {g for batch in BATCHES for g in batch}:
+        raise ValueError(f"groups {sorted(sets)}: run_jobs samples the groups of BATCHES {BATCHES} only")
     if not jobs or tuple(jobs[0]) != ("cfg", {}):
         raise ValueError("jobs[0] must be ('cfg', {}): every other method is compared with plain CFG's images")
     sig = signature(pipe, jobs, sets, num_images)
@@ -149,15 +168,16 @@ def run_jobs(pipe, judges, train_images, sets, jobs, num_images, partial_path=No
     try:
         total = sum(len(job_groups) for job_groups in groups)
         with tqdm(total=total, desc="groups x settings", disable=not progress) as bar:
-            for group, prompts in sets.items():
+            for batch in BATCHES:
                 for k, (method, knobs) in enumerate(jobs):
-                    if group in groups[k] and key(k, group) not in done:
-                        reference = done[key(0, group)]["images"] if k else None
-                        done[key(k, group)] = run_group(pipe, judges, train_images, prompts, method, knobs,
-                                                        num_images, reference)
+                    todo = {g: sets[g] for g in batch if g in groups[k] and key(k, g) not in done}
+                    if todo:
+                        reference = {g: done[key(0, g)]["images"] for g in todo} if k else None
+                        entries = run_batch(pipe, judges, train_images, todo, method, knobs, num_images, reference)
+                        done.update({key(k, g): entry for g, entry in entries.items()})
                         if partial_path:
                             save_partial(partial_path, done, sig)
-                    bar.update(group in groups[k])
+                    bar.update(sum(g in groups[k] for g in batch))
     finally:
         pipe.unet = real_unet
     results, images = [], []
@@ -181,18 +201,21 @@ def detection(pipe, sets, num_images=2, per_group=4):
     Returns (traces: group -> [(m_t under CFG, m_t of the prompt PRSS used or None)] for `per_group` prompts,
     averaged over `num_images` x_T; scores: score name (guidance.DETECTION_SCORES) -> group -> (P,) scores of every
     prompt, 4 x_T each)."""
-    x_T = pipe.initial_noise(num_images, 7)
     traces = {}
-    for group, prompts in sets.items():
-        traces[group] = []
-        for prompt, _ in prompts[:per_group]:
-            cfg_trace = magnitude_trace(pipe, pipe.encode([prompt]), x_T).mean(0).numpy()
-            prss_trace = None
-            if group in MEMORIZED:
-                _, info = pipe.generate(prompt, method="prss", num_images=num_images, seed=7, return_info=True)
-                if info["trace"]:
-                    prss_trace = np.stack([m.numpy() for m in info["trace"]], 1).mean(0)
-            traces[group].append((cfg_trace, prss_trace))
+    for group, prompts in sets.items():  # each group's prompts in one batched run, on the same num_images x_T
+        texts = [p for p, _ in prompts[:per_group]]
+        x_T = pipe.initial_noise(num_images, 7).repeat(len(texts), 1, 1, 1)              # (P * K, C, H, W)
+        cfg = magnitude_trace(pipe, pipe.encode(texts).repeat_interleave(num_images, 0), x_T)   # (P * K, steps)
+        cfg = cfg.view(len(texts), num_images, -1).mean(1).numpy()                           # (P, steps)
+        prss = [None] * len(texts)
+        if group in MEMORIZED:
+            _, info = pipe.generate(texts, method="prss", num_images=num_images, seed=[7] * len(texts),
+                                    return_info=True)
+            if info["trace"]:  # m_t of every sample at every step (the prompt's own where not triggered)
+                m = torch.stack(info["trace"], 1).view(len(texts), num_images, -1).mean(1).numpy()
+                prss = [m[j] if any(info["triggered"][j * num_images:(j + 1) * num_images]) else None
+                        for j in range(len(texts))]
+        traces[group] = list(zip(cfg, prss))
     scores = {name: {g: score(pipe, [p for p, _ in prompts], num_images=4).numpy() for g, prompts in sets.items()}
               for name, score in DETECTION_SCORES.items()}
     return traces, scores

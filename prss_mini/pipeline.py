@@ -58,8 +58,9 @@ class ToyPipeline:
         self.tokenizer = Tokenizer()
         self.schedule = noise_schedule(config).to(device)
         self.text_encoder = text_encoder.to(device).eval().requires_grad_(False)
-        self.unet = as_epsilon_model(unet.to(device).eval().requires_grad_(False), config.prediction_type,
-                                     self.schedule)
+        # channels_last (NHWC): the convolutions run 10-15% faster on the CPU (docs/results.md, evaluation speed)
+        unet = unet.to(device, memory_format=torch.channels_last).eval().requires_grad_(False)
+        self.unet = as_epsilon_model(unet, config.prediction_type, self.schedule)
         self.image_shape = (3, config.image_size, config.image_size)
         self._dataset, self._empty, self._thresholds = None, None, None
         # the sampling settings of the current call (generate sets them for its duration; the run's defaults

@@ -13,10 +13,13 @@ The toy's pieces have SD counterparts, and the guidance code is the same:
 toy's PRSS) decide per sample what to do with them. `generate` wraps it for a `StableDiffusionPipeline`.
 
 Two helpers live in their own files and are importable from here too: `read_candidates` (sd_candidates.py, the
-official code's jsonl of paraphrases) and `tiny_random_pipeline` (sd_tiny.py, a random pipeline for tests).
+official code's jsonl of paraphrases) and `tiny_random_pipeline` (sd_tiny.py, a random pipeline for tests). So are
+the methods published after PRSS, on diffusers' UNet with the toy's own math (sd_after_prss.py): Han et al.'s
+`adjust_initial_latents` (sample from them with `denoise(..., apply_cfg_step=...)` for its batch-wise variant),
+Asthana et al.'s `anisotropy_score_sd` and Bright Ending's `end_token_mask_sd` and `masked_magnitude_sd`.
 
 diffusers (and transformers, for the text encoder) are optional: they are imported only inside the functions
-that need them, and nothing else in prss_mini imports this file. `pip install diffusers transformers`.
+that need them, and nothing in the toy imports this file. `pip install diffusers transformers`.
 """
 
 import torch
@@ -25,7 +28,9 @@ from .diffusion import classifier_free_guidance
 from .guidance.detect import noise_magnitude
 from .guidance.pr import check_thresholds, prompt_reanchor
 from .guidance.ss import semantic_search
-# read_candidates and tiny_random_pipeline live in their own files; sd.read_candidates etc. still work
+# helpers that live in their own files; sd.read_candidates, sd.end_token_mask_sd etc. still work
+from .sd_after_prss import (DiffusersEps, adjust_initial_latents, anisotropy_score_sd, end_token_index,  # noqa: F401
+                            end_token_mask_sd, masked_magnitude_sd, recording_end_token_attention)
 from .sd_candidates import read_candidates, resolve_candidates  # noqa: F401
 from .sd_tiny import tiny_random_pipeline  # noqa: F401
 
@@ -111,7 +116,7 @@ def search(unet, x_in, t, eps_u, magnitudes, candidate_embeds, lambda_ss, per_pr
 @torch.no_grad()
 def denoise(unet, scheduler, latents, prompt_embeds, negative_prompt_embeds, method="cfg", guidance_scale=7.5,
             num_inference_steps=50, candidate_embeds=None, lambda_ss=LAMBDA_SS, lambda_pr=LAMBDA_PR, tau=TAU,
-            per_prompt=False):
+            per_prompt=False, apply_cfg_step=None):
     """Sample x_0 from x_T = `latents` with CFG, SS only or PRSS (Chen et al., Alg. 1), decided per sample.
 
     latents (B, C, h, w), already scaled by scheduler.init_noise_sigma; prompt_embeds, negative_prompt_embeds
@@ -122,6 +127,8 @@ def denoise(unet, scheduler, latents, prompt_embeds, negative_prompt_embeds, met
     otherwise SS picks e_ss (`semantic_search`), and every step adds a third UNet call on e_ss for the triggered
     samples: eps = prompt_reanchor(eps_u, eps_p, eps_ss) ("prss") or eps_u + s (eps_ss - eps_u) ("ss").
     per_prompt=True decides once for all B samples, on the RMS of their magnitudes (the official code's norm).
+    apply_cfg_step (method "cfg" only): eps = eps_u for the steps i <= apply_cfg_step, CFG afterwards (Han et al.'s
+    delayed CFG, for latents from `adjust_initial_latents(..., batch_wise=True)`; their official value is 4).
 
     Returns (latents (B, C, h, w), info) with info["triggered"] (B bools), info["chosen"] (B ints: index into
     candidate_embeds, -1 for the prompt itself), info["magnitudes"] (B,) the prompt's first-step m,
@@ -129,6 +136,8 @@ def denoise(unet, scheduler, latents, prompt_embeds, negative_prompt_embeds, met
     m_t of the prompt each sample is guided towards (e_ss if triggered, else e_p)."""
     check_inputs(unet, latents, prompt_embeds, negative_prompt_embeds, method, guidance_scale,
                  num_inference_steps, candidate_embeds, lambda_ss, lambda_pr, tau)
+    if apply_cfg_step is not None and method != "cfg":
+        raise ValueError(f"apply_cfg_step (delayed CFG) goes with method='cfg' only, got method={method!r}")
     B = latents.shape[0]
     cond = prompt_embeds.expand(B, -1, -1)                                              # (B, L, D)
     uncond = negative_prompt_embeds.expand(B, -1, -1)                                   # (B, L, D)
@@ -141,6 +150,8 @@ def denoise(unet, scheduler, latents, prompt_embeds, negative_prompt_embeds, met
         x_in = scheduler.scale_model_input(latents, t)                                  # (B, C, h, w)
         eps_u, eps_p = cfg_predictions(unet, x_in, t, uncond, cond)                     # (B, C, h, w) x 2
         eps = classifier_free_guidance(eps_u, eps_p, guidance_scale)
+        if apply_cfg_step is not None and i <= apply_cfg_step:
+            eps = eps_u                                                                 # delayed CFG: eps_u alone
         if i == 0:
             info["magnitudes"] = noise_magnitude(eps_p, eps_u)                          # (B,)
             info["scored"] = [{PROMPT: float(m)} for m in info["magnitudes"]]

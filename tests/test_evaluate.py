@@ -131,6 +131,25 @@ def test_an_interrupted_evaluation_resumes_after_the_last_finished_group_and_set
     assert resumed[1]["groups"]["global"]["identical"] == fresh[1]["groups"]["global"]["identical"]
 
 
+def test_each_setting_samples_the_memorized_groups_in_one_batch_and_the_controls_in_another(random_pipe,
+                                                                                          monkeypatch):
+    """BATCHES: global + local in one generate call, general + held-out in another, with each group's own seeds;
+    a group's seconds and UNet evaluations are its share (by samples) of its batch's."""
+    sets = {g: [("a red circle in the top left", np.zeros(3, int))] * (2 if g == "global" else 1)
+            for g in ("global", "local", "general", "heldout")}
+    generate, calls = type(random_pipe).generate, []
+    def generate_logged(self, prompts, **kw):
+        calls.append(kw["seed"])
+        return generate(self, prompts, **kw, num_inference_steps=2)
+    monkeypatch.setattr(type(random_pipe), "generate", generate_logged)
+    results, _ = evaluate.run_jobs(random_pipe, _stub_judges(), np.zeros((2, 16, 16, 3), np.uint8), sets,
+                                   [("cfg", {})], 1, progress=False)
+    assert calls == [[1000, 1001, 1000], [1000, 1000]]  # seeds: 1000 + the prompt's index in its own group
+    rows = results[0]["groups"]
+    assert rows["global"]["unet_evals_per_image"] == rows["local"]["unet_evals_per_image"] == 2 * 2
+    assert rows["global"]["seconds_per_image"] == pytest.approx(rows["local"]["seconds_per_image"])
+
+
 def test_run_jobs_needs_plain_cfg_first(random_pipe):
     with pytest.raises(ValueError, match="jobs\\[0\\] must be"):
         evaluate.run_jobs(random_pipe, _stub_judges(), None, SETS, JOBS[::-1], 1)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from prss_mini.guidance.ss import search_one_sample, semantic_search
+from prss_mini.guidance.ss import search_one_sample, search_prompts, semantic_search
 
 LAMBDA = 1.0
 
@@ -29,6 +29,30 @@ def test_the_batched_search_gives_each_sample_its_own_search_s_result():
             alone = search_one_sample("p", candidates, lambda c: values[c][b], LAMBDA)
             assert (result.prompt, result.triggered, result.magnitudes) == (alone.prompt, alone.triggered,
                                                                             alone.magnitudes)
+
+
+def test_prompts_searched_side_by_side_get_what_each_prompt_s_own_search_gives():
+    tables = [table(seed) for seed in range(6)]
+    searches = [("p", values["p"], candidates) for values, candidates in tables]
+    score_all = lambda requests: [torch.as_tensor(tables[i][0][c][rows]) for i, c, rows in requests]
+    for per_prompt in (False, True):
+        together = search_prompts(searches, score_all, LAMBDA, per_prompt)
+        for (values, candidates), results in zip(tables, together):
+            alone = semantic_search("p", values["p"], candidates, lambda c, rows: torch.as_tensor(values[c][rows]),
+                                    LAMBDA, per_prompt)
+            assert [(r.prompt, r.triggered, r.magnitudes) for r in results] == \
+                   [(r.prompt, r.triggered, r.magnitudes) for r in alone]
+
+
+def test_side_by_side_round_k_asks_for_every_searching_prompt_s_k_th_candidate_in_one_call():
+    """Prompt 0 passes on its first candidate, prompt 1 on its second, prompt 2 never triggers: two calls."""
+    magnitudes = {(0, "a"): 0.5, (1, "x"): 3.0, (1, "y"): 0.2}
+    calls = []
+    def score_all(requests):
+        calls.append([(i, c, list(rows)) for i, c, rows in requests])
+        return [[magnitudes[i, c]] * len(rows) for i, c, rows in requests]
+    search_prompts([("p", [2.0], ["a", "b"]), ("q", [2.0, 0.3], ["x", "y"]), ("r", [0.1], ["z"])], score_all, LAMBDA)
+    assert calls == [[(0, "a", [0]), (1, "x", [0])], [(1, "y", [0])]]
 
 
 def test_one_sample_takes_the_first_candidate_at_most_lambda_ss():

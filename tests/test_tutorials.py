@@ -25,8 +25,8 @@ def module_list(path, name, default=None):
     return default
 
 
-def test_there_are_ten_tutorials():
-    assert len(TUTORIALS) == 10, TUTORIALS
+def test_there_are_eleven_tutorials():
+    assert len(TUTORIALS) == 11, TUTORIALS
 
 
 # A notebook kernel started in tutorials/ (what Jupytext, VS Code and nbclient do): the cells run one by one in

@@ -178,6 +178,35 @@ show(fig, f"{OUT}/magnitude_trace.png")
 print(f"saved {OUT}/magnitude_trace.png")
 
 # %% [markdown]
+# ## After PRSS: three newer methods on the same UNet
+#
+# `prss_mini/sd_after_prss.py` runs the toy's code for three later papers on diffusers' UNet, with their official
+# code's defaults. Han et al. (NeurIPS 2025) move x_T itself, by AdamW, until its first-step m is at most 0.9,
+# then sample with plain CFG. Asthana et al. (ICLR 2026) add to the first-step m twice the cosine between eps_u
+# and the guidance eps_p - eps_u, read at t = 41 on the same pure noise. Bright Ending (Chen et al., ICLR 2025)
+# keeps the end token's cross-attention at the last step of a CFG run: bright where a copy sits, it weighs m
+# there. (On the tiny pipeline the target is scaled to its magnitudes, like the thresholds above.)
+
+# %%
+scheduler = sd.ddim_scheduler(pipe)
+x_T = sd.initial_latents(pipe, scheduler, NUM_IMAGES, seed=0)                      # generate's x_T for seed 0
+e_p, e_0 = sd.encode(pipe, [PROMPT]), sd.encode(pipe, [""])                         # (1, 77, D) x 2
+adjust = {} if REAL else dict(target=0.9 * float(scores["memorized"][0]), lr=0.05, max_iters=20)
+x_adj, adjusted = sd.adjust_initial_latents(pipe.unet, scheduler, x_T, e_p, e_0, num_inference_steps=STEPS, **adjust)
+for b in range(NUM_IMAGES):
+    print(f"sample {b}: first-step m {adjusted['magnitudes'][0, b]:.3f} -> {adjusted['magnitudes'][-1, b]:.3f} "
+          f"after {int(adjusted['steps'][b])} AdamW steps on x_T (target {adjusted['target']:.3g})")
+anisotropy = {name: sd.anisotropy_score_sd(pipe.unet, scheduler, x_T, sd.encode(pipe, prompts), e_0,
+                                           num_inference_steps=STEPS) for name, prompts in
+              (("memorized", memorized), ("clean", clean))}
+auc_a = metrics.roc_auc(anisotropy["memorized"].numpy(), anisotropy["clean"].numpy())
+print(f"anisotropy score: ROC-AUC memorized vs clean {auc_a:.2f} (first-step m alone: {auc:.2f})")
+mask = sd.end_token_mask_sd(pipe.unet, scheduler, x_T, e_p, e_0, sd.end_token_index(pipe.tokenizer, [PROMPT]),
+                            num_inference_steps=STEPS)                              # (NUM_IMAGES, h, w)
+masked = sd.masked_magnitude_sd(pipe.unet, scheduler, x_T, e_p, e_0, mask, STEPS)
+print(f"Bright Ending: mask {tuple(mask.shape)}, masked first-step m " + ", ".join(f"{v:.3f}" for v in masked))
+
+# %% [markdown]
 # ## Exercises
 #
 # 1. Point PRSS_SD_CANDIDATES at the official code's candidate file (its 500 memorized prompts) and add 100
@@ -189,3 +218,7 @@ print(f"saved {OUT}/magnitude_trace.png")
 #    code's norm over its batch does. Find a prompt whose samples trigger differently, and compare.
 # 4. Compute m(memorized) / m(clean) at the first step here and in tutorial 05. Which transfers from the toy to
 #    SD, the ratio or the values?
+# 5. Sample from `x_adj` with `sd.denoise(pipe.unet, scheduler, x_adj, e_p, e_0)` and from x_T, decode both
+#    (`pipe.vae.decode(latents / pipe.vae.config.scaling_factor)`), and put `mask` (upsampled 8x) beside them: does
+#    the adjusted start still copy, and does the end token light up where the copy sits? Try
+#    `batch_wise=True` too, sampled with `apply_cfg_step=adjusted["apply_cfg_step"]`.

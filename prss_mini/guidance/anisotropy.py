@@ -25,7 +25,8 @@ Here: t_1 is the detection timestep of detect.py (the run's first step), so the 
 first-step magnitude; t_c is the toy timestep with the noise level of SD's t = 41 (the nearest abar_t to Stable
 Diffusion's, on SD's scaled_linear schedule: 41 itself for the toy's default schedule). The weights default to
 SD v1.4's; the norm is in the toy's units, which are not SD's (calibrate the weights on the toy, or combine the
-two terms of `anisotropy_terms` yourself).
+two terms of `anisotropy_terms` yourself). `anisotropy_terms_at` is the same math on any unet(x, t, context) -> eps:
+sd_after_prss.anisotropy_score_sd runs it on diffusers' UNet at SD's own t_1 and t_c.
 """
 
 import torch
@@ -50,24 +51,33 @@ def channel_cosine(a, b):
 
 
 @torch.no_grad()
-def anisotropy_terms(pipe, contexts, x_T):
-    """The two terms of A for each context on each pure-noise x_T: (norm (P, B), cosine (P, B)).
+def anisotropy_terms_at(unet, empty, contexts, x_T, t_norm, t_cosine):
+    """The two terms of A on any unet(x, t, context) -> eps: (norm (P, B) at t_norm, cosine (P, B) at t_cosine).
 
-    contexts: (P, L, D) prompt embeddings; x_T: (B, C, H, W). One batched UNet call on (P + 1) * B samples at
-    each of the two timesteps (the extra one for the empty prompt)."""
-    every = [pipe.empty] + [c[None] for c in contexts]
-    eps = predict_noise(pipe.unet, x_T, pipe.detection_timestep, every)                 # P + 1 x (B, C, H, W)
+    empty: (1, L, D) the empty prompt; contexts: (P, L, D); x_T: (B, C, H, W). One batched UNet call on (P + 1) * B
+    samples at each of the two timesteps (the extra one for the empty prompt)."""
+    every = [empty] + [c[None] for c in contexts]
+    eps = predict_noise(unet, x_T, t_norm, every)                                       # P + 1 x (B, C, H, W)
     norm = torch.stack([noise_magnitude(e, eps[0]) for e in eps[1:]])                   # (P, B)
-    eps = predict_noise(pipe.unet, x_T, cosine_timestep(pipe.schedule), every)
+    eps = predict_noise(unet, x_T, t_cosine, every)
     cosine = torch.stack([channel_cosine(eps[0], e - eps[0]) for e in eps[1:]])         # (P, B)
     return norm, cosine
+
+
+def anisotropy_terms(pipe, contexts, x_T):
+    """The two terms of A for each context on each pure-noise x_T: (norm (P, B), cosine (P, B)), at the run's
+    detection timestep and the toy's counterpart of SD's t = 41."""
+    return anisotropy_terms_at(pipe.unet, pipe.empty, contexts, x_T, pipe.detection_timestep,
+                               cosine_timestep(pipe.schedule))
+
+
+def combine(norm, cosine, weights=SD_V1_WEIGHTS):
+    """A = gamma_1 norm + gamma_2 cosine, each averaged over the x_T: (P, B) x 2 -> (P,)."""
+    return weights[0] * norm.mean(dim=1) + weights[1] * cosine.mean(dim=1)
 
 
 def anisotropy_score(pipe, prompts, seeds=(0,), num_images=1, weights=SD_V1_WEIGHTS):
     """A of each prompt, averaged over `num_images` x_T per seed like detect.detection_score: (P,) tensor."""
     contexts = pipe.encode(prompts)
-    scores = []
-    for s in seeds:
-        norm, cosine = anisotropy_terms(pipe, contexts, pipe.initial_noise(num_images, s))
-        scores.append(weights[0] * norm.mean(dim=1) + weights[1] * cosine.mean(dim=1))
+    scores = [combine(*anisotropy_terms(pipe, contexts, pipe.initial_noise(num_images, s)), weights) for s in seeds]
     return torch.stack(scores).mean(dim=0)

@@ -51,13 +51,23 @@ def end_token_mask(pipe, prompt, x_T):
     finally:
         for m in layers:
             m.record, m.weights = False, None
-    finest = max(w.shape[2] for w in maps)
     eos = (pipe.tokenizer(prompt_rows(prompt, B)) == pipe.tokenizer.eos_id).float().argmax(1)  # (B,)
+    return end_token_map(maps, eos, x_T.shape[-2:]).cpu()
+
+
+def end_token_map(maps, eos, size):
+    """M from the prompt branch's recorded attention: the layers of the finest grid averaged over heads and layers,
+    at each sample's <eos> position, upsampled (nearest) to size = (H, W).
+
+    maps: list of (B, heads, N, L) softmax maps, N = h * w query positions (h / w = H / W); eos: (B,) ints.
+    Returns (B, H, W)."""
+    finest = max(w.shape[2] for w in maps)
     mask = torch.stack([w.mean(1) for w in maps if w.shape[2] == finest]).mean(0)     # (B, N, L)
+    B = len(mask)
     mask = mask[torch.arange(B), :, eos]                                                # (B, N)
-    side = int(round(finest ** 0.5))
-    H, W = x_T.shape[-2:]
-    return F.interpolate(mask.view(B, 1, side, side), size=(H, W), mode="nearest")[:, 0].cpu()
+    H, W = size
+    h = int(round((finest * H / W) ** 0.5))                                             # the grid: h x (N / h)
+    return F.interpolate(mask.view(B, 1, h, finest // h), size=(H, W), mode="nearest")[:, 0]
 
 
 def masked_magnitude(eps_cond, eps_uncond, mask):

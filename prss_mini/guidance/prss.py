@@ -22,7 +22,7 @@ from .knobs import Knob
 from .paraphrase import paraphrases
 from .pr import check_thresholds, prompt_reanchor
 from .rows import blocks, encode_rows, per_block
-from .ss import semantic_search
+from .ss import search_prompts
 
 TITLE = "PR + SS (PRSS)"
 KNOBS = (
@@ -78,17 +78,24 @@ def search(pipe, prompt, x_T, seed, lambda_ss, candidates, per_prompt=False):
     """Step 1, SS, for every sample of x_T (B, C, H, W): detection at pipe.detection_timestep, then the search.
 
     candidates(prompt) -> the prompt's candidate paraphrases (`paraphraser`). The (empty, prompt) predictions are
-    ONE call on all samples, the same call as CFG's first step, so untriggered samples stay bit for bit CFG's."""
+    ONE call on all samples, the same call as CFG's first step, so untriggered samples stay bit for bit CFG's. The
+    prompts of a batch search side by side (ss.search_prompts): round k scores every prompt's k-th candidate in one
+    call."""
     t = pipe.detection_timestep
     e_p = encode_rows(pipe, prompt, len(x_T))                                            # (B, L, D)
     eps_u, eps_p = predict_noise(pipe.unet, x_T, t, [pipe.empty, e_p])                   # (B, C, H, W) x 2
     m = noise_magnitude(eps_p, eps_u)                                                    # (B,)
-    results = []
-    for text, _, rows in blocks(prompt, len(x_T), seed):
-        def score(candidate, idx, rows=rows):  # idx: samples of this prompt still searching
-            eps_c = predict_noise(pipe.unet, x_T[rows][idx], t, [pipe.encode([candidate])])[0]   # (n, C, H, W)
-            return noise_magnitude(eps_c, eps_u[rows][idx])
-        results += semantic_search(text, m[rows], candidates(text), score, lambda_ss, per_prompt)
+    parts = blocks(prompt, len(x_T), seed)
+    def score_all(requests):  # [(prompt i, candidate, its samples still searching)] -> magnitudes, ONE UNet call
+        rows = [torch.as_tensor(r, dtype=torch.long) + parts[i][2].start for i, _, r in requests]
+        texts = list(dict.fromkeys(c for _, c, _ in requests))
+        e = pipe.encode(texts)                                                           # (N, L, D)
+        context = torch.cat([e[texts.index(c)].expand(len(r), -1, -1) for _, c, r in requests])
+        idx = torch.cat(rows)                                                            # (n,)
+        eps_c = predict_noise(pipe.unet, x_T[idx], t, [context])[0]                      # (n, C, H, W)
+        return noise_magnitude(eps_c, eps_u[idx]).split([len(r) for r in rows])
+    searches = [(text, m[rows], candidates(text)) for text, _, rows in parts]
+    results = [r for found in search_prompts(searches, score_all, lambda_ss, per_prompt) for r in found]
     info = {"triggered": [r.triggered for r in results], "prompt": [r.prompt for r in results],
             "magnitudes": [r.magnitudes for r in results], "trace": []}
     triggered = torch.tensor(info["triggered"], device=x_T.device)
