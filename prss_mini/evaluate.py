@@ -28,13 +28,13 @@ from tqdm.auto import tqdm
 from . import figures, metrics
 from .analysis import label
 from .captions import ATTRIBUTE_NAMES
-from .checkpoint import CheckpointError, config_differences, load_partial, save_partial
-from .config import read_config, to_dict
+from .checkpoint import CheckpointError, load_partial, save_partial
+from .config import read_config
 from .guidance import DETECTION_SCORES, METHODS
 from .guidance.detect import magnitude_trace
 from .judges import Judges
 from .pipeline import ToyPipeline, check_device
-from .pooling import pool, prompt_rows, results_at
+from .pooling import check_same_protocol, pool, prompt_rows, results_at
 from .report import cell, write_reports
 from .prompts import CONTROL, GROUPS, MEMORIZED, prompt_sets
 
@@ -219,16 +219,6 @@ def detection(pipe, sets, num_images=2, per_group=4):
     scores = {name: {g: score(pipe, [p for p, _ in prompts], num_images=4).numpy() for g, prompts in sets.items()}
               for name, score in DETECTION_SCORES.items()}
     return traces, scores
-
-
-def check_same_protocol(configs, names):
-    """Runs pooled together must be the same model but for the training seed (a clear ValueError otherwise)."""
-    first = to_dict(configs[0])
-    for cfg, name in zip(configs[1:], names[1:]):
-        diff = [k for k in config_differences(first, to_dict(cfg)) if k != "seed"]
-        if diff:
-            raise ValueError(f"{name} and {names[0]} differ in {', '.join(diff)}: only runs that differ in --seed "
-                             f"alone can be pooled")
 
 
 def evaluate_run(run_dir, args, jobs, out_dir, index):

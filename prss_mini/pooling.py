@@ -17,6 +17,8 @@ each resample, so its interval carries the same uncertainty.
 import numpy as np
 
 from . import analysis, metrics
+from .checkpoint import config_differences
+from .config import to_dict
 from .guidance import DETECTION_SCORES
 from .prompts import CONTROL, MEMORIZED
 
@@ -143,6 +145,16 @@ def contrasts(results):
 def summary(results):
     """What the tables read, on one set of results: the means, PRSS's margins, the cost table, the contrasts."""
     return {"results": results, **analysis.summarize(results), "contrasts": contrasts(results)}
+
+
+def check_same_protocol(configs, names):
+    """Runs pooled together must be the same model but for the training seed (a clear ValueError otherwise)."""
+    first = to_dict(configs[0])
+    for cfg, name in zip(configs[1:], names[1:]):
+        diff = [k for k in config_differences(first, to_dict(cfg)) if k != "seed"]
+        if diff:
+            raise ValueError(f"{name} and {names[0]} differ in {', '.join(diff)}: only runs that differ in --seed "
+                             f"alone can be pooled")
 
 
 def pool(runs, n=RESAMPLES, seed=0):

@@ -10,6 +10,19 @@ import os
 import torch
 
 
+def tiny_unet(seed=0, cross_attention_dim=16):
+    """A randomly initialised UNet2DConditionModel on (B, 4, 8, 8) latents: one cross-attention layer on the down
+    path (8 x 8) and one on the up path, torch.manual_seed(seed) before its weights are drawn; in eval mode."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+                                block_out_channels=(8, 16), norm_num_groups=4,
+                                cross_attention_dim=cross_attention_dim, attention_head_dim=2,
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")).eval()
+
+
 def tiny_random_pipeline(seed=0):
     """A randomly initialised StableDiffusionPipeline small enough for a CPU, built without any download.
 
@@ -18,17 +31,13 @@ def tiny_random_pipeline(seed=0):
     and SD's thresholds (1, 3, 5) mean nothing on it."""
     import tempfile
 
-    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, StableDiffusionPipeline
     from tokenizers import pre_tokenizers
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     from .stable_diffusion import sd_v14_ddim  # here, not at the top: stable_diffusion.py imports this file
 
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
-                                block_out_channels=(8, 16), norm_num_groups=4, cross_attention_dim=16,
-                                attention_head_dim=2, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+    unet = tiny_unet(seed)
     vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
                         norm_num_groups=4, down_block_types=("DownEncoderBlock2D",) * 2,
                         up_block_types=("UpDecoderBlock2D",) * 2, sample_size=16)

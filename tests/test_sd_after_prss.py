@@ -10,11 +10,11 @@ from conftest import importorskip
 
 importorskip("diffusers", reason="prss_mini.sd_after_prss needs diffusers: pip install diffusers transformers")
 
-from diffusers import UNet2DConditionModel  # noqa: E402
 from diffusers.models.attention_processor import AttnProcessor  # noqa: E402
 
 from prss_mini import sd_after_prss  # noqa: E402
 from prss_mini import stable_diffusion as sd  # noqa: E402
+from prss_mini.sd_tiny import tiny_unet  # noqa: E402
 from prss_mini.guidance import init_noise  # noqa: E402
 
 S, STEPS, B, L, D = 7.5, 5, 3, 6, 16
@@ -24,11 +24,7 @@ LAYER = "down_blocks.0.attentions.0.transformer_blocks.0.attn2"  # the tiny UNet
 @pytest.fixture(scope="module")
 def unet():
     torch.set_num_threads(1)
-    torch.manual_seed(0)
-    return UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
-                                block_out_channels=(8, 16), norm_num_groups=4, cross_attention_dim=D,
-                                attention_head_dim=2, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")).eval()
+    return tiny_unet(seed=0, cross_attention_dim=D)
 
 
 @pytest.fixture(scope="module")
