@@ -11,6 +11,7 @@ import os
 from .guidance import METHODS
 
 ABLATION = ("cfg", "pe", "pr", "ss", "prss")  # the paper's ablation rows: none / PE / PR only / SS only / PR + SS
+BEYOND = ("init_noise",)  # methods published after the paper, in the same table below its rows
 PER_PROMPT_COLUMNS = ("method", "setting", "group", "prompt", "run", "seed", "copy", "ratio_copy", "stamp",
                       "similarity", "attribute_accuracy", "triggered", "chosen_prompt")
 
@@ -28,7 +29,7 @@ def cell(fig, form=".3f"):
 def ablation_table(results):
     lines = ["| method | global sim | global copy rate | d1/d2 copy rate | global CLIP | global attr acc | "
              "local stamp rate | local CLIP | local attr acc |", "|---" * 9 + "|"]
-    for method in ABLATION:
+    for method in ABLATION + BEYOND:
         r = next((r for r in results if r["method"] == method), None)
         if r is None:
             continue

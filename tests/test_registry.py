@@ -94,3 +94,8 @@ def test_ablation_rows_take_their_names_from_the_methods():
     table = report.ablation_table(fake_pooled(list(report.ABLATION))["results"])
     assert all(METHODS[m].TITLE in table for m in report.ABLATION)
     assert len(table.splitlines()) == 2 + len(report.ABLATION)  # header, rule, one row each
+
+
+def test_the_ablation_table_lists_the_methods_after_the_paper_below_its_rows():
+    rows = report.ablation_table(fake_pooled(list(report.ABLATION + report.BEYOND))["results"]).splitlines()[2:]
+    assert [r.split(" | ")[0][2:] for r in rows] == [METHODS[m].TITLE for m in report.ABLATION + report.BEYOND]
