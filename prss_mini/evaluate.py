@@ -32,6 +32,7 @@ from .checkpoint import CheckpointError, load_partial, save_partial
 from .config import read_config
 from .guidance import DETECTION_SCORES, METHODS
 from .guidance.detect import magnitude_trace
+from .guidance.rows import encode_rows
 from .judges import Judges
 from .pipeline import ToyPipeline, check_device
 from .pooling import check_same_protocol, pool, prompt_rows, results_at
@@ -205,7 +206,7 @@ def detection(pipe, sets, num_images=2, per_group=4):
     for group, prompts in sets.items():  # each group's prompts in one batched run, on the same num_images x_T
         texts = [p for p, _ in prompts[:per_group]]
         x_T = pipe.initial_noise(num_images, 7).repeat(len(texts), 1, 1, 1)              # (P * K, C, H, W)
-        cfg = magnitude_trace(pipe, pipe.encode(texts).repeat_interleave(num_images, 0), x_T)   # (P * K, steps)
+        cfg = magnitude_trace(pipe, encode_rows(pipe, texts, len(x_T)), x_T)                  # (P * K, steps)
         cfg = cfg.view(len(texts), num_images, -1).mean(1).numpy()                           # (P, steps)
         prss = [None] * len(texts)
         if group in MEMORIZED:

@@ -197,3 +197,13 @@ def test_measure_identical_is_whether_each_image_equals_cfg_s_bit_for_bit():
 def test_measure_triggered_is_the_method_s_per_sample_flag_and_false_for_methods_that_do_not_detect():
     assert _measured({"triggered": [False, True, True]})["triggered"] == [0.0, 1.0, 1.0]
     assert _measured({})["triggered"] == [0.0, 0.0, 0.0]
+
+
+def test_detection_traces_of_a_group_run_in_one_batch_are_each_prompt_s_own(random_pipe):
+    texts = ["a red circle in the top left", "a blue square in the bottom right"]
+    sets = {"general": [(p, np.zeros(3, int)) for p in texts]}
+    traces, _ = evaluate.detection(random_pipe, sets, num_images=2)
+    x_T = random_pipe.initial_noise(2, 7)
+    for (cfg, prss), text in zip(traces["general"], texts):
+        alone = evaluate.magnitude_trace(random_pipe, random_pipe.encode([text]), x_T).mean(0).numpy()
+        assert prss is None and np.allclose(cfg, alone, atol=1e-5)
