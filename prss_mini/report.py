@@ -11,7 +11,7 @@ import os
 from .guidance import METHODS
 
 ABLATION = ("cfg", "pe", "pr", "ss", "prss")  # the paper's ablation rows: none / PE / PR only / SS only / PR + SS
-BEYOND = ("init_noise",)  # methods published after the paper, in the same table below its rows
+BEYOND = ("pe_be", "prss_be", "init_noise")  # beside or after the paper (Bright Ending, Han et al.): below its rows
 PER_PROMPT_COLUMNS = ("method", "setting", "group", "prompt", "run", "seed", "copy", "ratio_copy", "stamp",
                       "similarity", "attribute_accuracy", "triggered", "chosen_prompt")
 

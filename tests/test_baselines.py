@@ -172,6 +172,8 @@ ACTING_KNOBS = {
     "lowcfg": dict(guidance_scale=1.0),
     "transition": dict(transition_step=2, early_scale=-2.0),
     "init_noise": dict(target=0.0, optim_iters=2),
+    "pe_be": dict(target=0.0, max_iters=2),
+    "prss_be": dict(lambda_ss=0.0, lambda_pr=0.0, tau=1.0),
 }
 
 

@@ -120,10 +120,9 @@ print(f"saved {OUT}/end_token_masks.png\nLook at: do the local rows' masks light
 # %% [markdown]
 # On the trained `cpu` runs the answer is "not reliably": the local prompts' masks put 0.31 / 0.08 / 0.14 of their
 # mass on the stamp region over three training seeds, against its area 0.14: one seed localizes, two do no better
-# than a flat map would. Our UNet's
-# finest cross-attention grid is 8x8 (SD's: 64x64), its text encoder has read a few thousand captions, and the
-# `<eos>` state of a credit phrase did not learn to point at the stamp. That is why the library stops at this
-# probe (`python -m prss_mini.physics --run RUN` prints the same number) and builds no BE variant of PRSS or PE.
+# than a flat map would. Our UNet's finest cross-attention grid is 8x8 (SD's: 64x64), its text encoder has read a
+# few thousand captions, and the `<eos>` state of a credit phrase need not learn to point at the stamp
+# (`python -m prss_mini.physics --run RUN` prints the same number for your run).
 #
 # To see what BE would give *if* the mask localized, compare three first-step detectors of local against general
 # prompts, on the same x_T: Wen's m, m_BE with the `<eos>` mask, and m_BE with an **oracle** mask, the stamp
@@ -148,6 +147,24 @@ for i, name in enumerate(["m (Wen)", "m_BE, <eos> mask", "m_BE, oracle mask"]):
 print("A mask helps detection only as much as it concentrates on the copied region: compare the last two rows.\n"
       "If even the oracle row does not separate, this run's local prompts do not pin the stamp down at the first\n"
       "step: check the stamp column above (the tiny run does not learn the stamp at all; the cpu runs do).")
+
+# %% [markdown]
+# Whatever the mask, the official code plugs m_BE into two methods, and so does the library (`pe_be.py`,
+# `prss_be.py`: one file and one registry line each). **PE + BE** minimises m_BE instead of m. **PRSS + BE** detects
+# and scores its candidates with m_BE; PR's per-step m_t stays Wen's. Both take the mask from a plain CFG run on the
+# same x_T, one sampling run more. Side by side with their unmasked selves, on the local prompts and the same x_T:
+
+# %%
+local = [p for p, _ in sets["local"]]
+for method in ("cfg", "pe", "pe_be", "prss", "prss_be"):
+    images, info = pipe.generate(local, method=method, num_images=K, seed=[0] * len(local), return_info=True)
+    triggered = f"triggered {np.mean(info['triggered']):4.0%}" if "triggered" in info else " " * 13
+    similarity = metrics.nearest_training(images, train_images)["similarity"].mean()
+    print(f"{method:8s} stamp in {metrics.stamp_present(images).mean():4.0%} of the samples  {triggered}  "
+          f"similarity to the nearest training image {similarity:.3f}")
+print("The masked methods can only differ where the mask is not flat: on a run whose masks sit on the stamp,\n"
+      "m_BE is larger for local prompts, so PRSS + BE triggers on more of them (same lambda_SS) and PE + BE\n"
+      "pushes harder.")
 
 # %% [markdown]
 # ## 2. Initial-noise adjustment: move x_T out of the basin

@@ -35,7 +35,8 @@ find it there.
 
 import inspect
 
-from . import anisotropy, cfg, detect, gni, init_noise, lowcfg, pe, pr_only, prss, rta, ss_only, transition
+from . import (anisotropy, bright_ending, cfg, detect, gni, init_noise, lowcfg, pe, pe_be, pr_only, prss, prss_be,
+               rta, ss_only, transition)
 from .knobs import with_defaults
 
 METHODS = {
@@ -49,6 +50,8 @@ METHODS = {
     "lowcfg": lowcfg,
     "transition": transition,
     "init_noise": init_noise,
+    "pe_be": pe_be,
+    "prss_be": prss_be,
 }
 BUILD_PARAMETERS = ["pipe", "prompt", "x_T", "guidance_scale", "seed"]
 
@@ -56,6 +59,7 @@ BUILD_PARAMETERS = ["pipe", "prompt", "x_T", "guidance_scale", "seed"]
 DETECTION_SCORES = {
     "first_step_magnitude": detect.detection_score,      # Wen et al. 2024
     "anisotropy": anisotropy.anisotropy_score,            # Asthana et al. 2026
+    "masked_magnitude": bright_ending.detection_score,    # Bright Ending, Chen et al. 2025 (a plain run first)
 }
 
 

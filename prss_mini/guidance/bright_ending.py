@@ -7,7 +7,8 @@ BE keeps that map from one plain CFG run, per sample on its own x_T:
     M = mean over heads and over the down path's cross-attention layers of the highest resolution of
         softmax(q k^T / sqrt(d))[..., eos]          at the last sampling step, for the prompt's branch
 
-and weighs the magnitude with it: m_masked = ||(eps_c - eps_u) * M|| / mean(M).
+and weighs the magnitude with it: m_masked = ||(eps_c - eps_u) * M|| / mean(M). Where it replaces Wen's magnitude:
+detection (`detection_score`), PE + BE (pe_be.py) and PRSS + BE (prss_be.py).
 """
 
 import numpy as np
@@ -68,6 +69,21 @@ def end_token_map(maps, eos, size):
     H, W = size
     h = int(round((finest * H / W) ** 0.5))                                             # the grid: h x (N / h)
     return F.interpolate(mask.view(B, 1, h, finest // h), size=(H, W), mode="nearest")[:, 0]
+
+
+@torch.no_grad()
+def detection_score(pipe, prompts, seeds=(0,), num_images=1):
+    """BE's detection score of each prompt: the masked magnitude at the detection timestep, each x_T under the mask
+    of its own plain CFG run, averaged over `num_images` x_T per seed: (P,). The first-step counterpart of Wen's
+    score (detect.detection_score), but no longer free before sampling: the mask costs one plain CFG run."""
+    P, scores = len(prompts), []
+    for s in seeds:
+        x_T = pipe.initial_noise(num_images, s).repeat(P, 1, 1, 1)                       # (P * K, C, H, W)
+        mask = end_token_mask(pipe, list(prompts), x_T)                                   # (P * K, H, W)
+        eps_u, eps_c = predict_noise(pipe.unet, x_T, pipe.detection_timestep,
+                                     [pipe.empty, encode_rows(pipe, list(prompts), len(x_T))])
+        scores.append(masked_magnitude(eps_c, eps_u, mask).view(P, num_images).mean(1))
+    return torch.stack(scores).mean(0).cpu()
 
 
 def masked_magnitude(eps_cond, eps_uncond, mask):

@@ -13,6 +13,7 @@ Here token 0 is left out of the optimized tensor, so the weight decay does not s
 import torch
 
 from ..diffusion import cfg_hook
+from .bright_ending import masked_magnitude
 from .detect import noise_magnitude
 from .knobs import Knob
 from .prss import threshold
@@ -28,12 +29,13 @@ VARIANTS = []
 BASELINE = True
 
 
-def optimize_embedding(unet, context, uncond, x_T, t, target, lr=0.05, max_iters=10):
+def optimize_embedding(unet, context, uncond, x_T, t, target, lr=0.05, max_iters=10, mask=None):
     """Minimise each sample's m(e) at timestep t with AdamW over tokens 1..L-1; each sample stops once its
     m <= target. Token 0 keeps its value.
 
     context: (B, L, D) or (1, L, D) prompt embeddings (one copy per sample is optimised); uncond: (1, L, D);
-    x_T: (B, C, H, W); t: int (the first DDIM timestep). At most max_iters AdamW steps.
+    x_T: (B, C, H, W); t: int (the first DDIM timestep). At most max_iters AdamW steps. mask (B, H, W): minimise
+    Bright Ending's masked magnitude ||(eps_c - eps_u) * M|| / mean(M) instead (pe_be.py).
     Returns (context_opt (B, L, D), magnitudes_per_iter: list of (B,) tensors, entry 0 = before optimising)."""
     if target < 0 or max_iters < 0:
         raise ValueError(f"target and max_iters must be >= 0, got target={target}, max_iters={max_iters}")
@@ -51,7 +53,8 @@ def optimize_embedding(unet, context, uncond, x_T, t, target, lr=0.05, max_iters
         optimizer = torch.optim.AdamW([rest], lr=lr)         # default weight_decay=0.01, as the official code
         for it in range(max_iters + 1):
             e = torch.cat([bos, rest], dim=1)                                           # (B, L, D)
-            m = noise_magnitude(unet(x_T, t_in, e), eps_u)                              # (B,)
+            eps_c = unet(x_T, t_in, e)                                                  # (B, C, H, W)
+            m = noise_magnitude(eps_c, eps_u) if mask is None else masked_magnitude(eps_c, eps_u, mask)  # (B,)
             # A sample keeps the embedding of its first iterate at or below the target (no overshoot).
             best[~done], m_out[~done] = e.detach()[~done], m.detach()[~done]
             done |= m.detach() <= target
@@ -68,9 +71,14 @@ def optimize_embedding(unet, context, uncond, x_T, t, target, lr=0.05, max_iters
 def build(pipe, prompt, x_T, guidance_scale, seed, target, target_factor, lr, max_iters):
     """Plain CFG with an embedding optimised, per sample, on the loop's own x_T at the detection timestep (where
     the target was calibrated)."""
+    return optimized_cfg(pipe, prompt, x_T, guidance_scale, target, target_factor, lr, max_iters)
+
+
+def optimized_cfg(pipe, prompt, x_T, guidance_scale, target, target_factor, lr, max_iters, mask=None):
+    """(hook, info) of PE; with Bright Ending's mask (B, H, W), of PE + BE (pe_be.py)."""
     target = threshold(pipe, "lambda_ss", target, target_factor, guidance_scale, knob="target")
     cond, magnitudes = optimize_embedding(pipe.unet, encode_rows(pipe, prompt, len(x_T)), pipe.empty, x_T,
-                                          pipe.detection_timestep, target, lr, max_iters)
+                                          pipe.detection_timestep, target, lr, max_iters, mask)
     info = {"target": float(target), "iterations": len(magnitudes) - 1, "magnitude_before": magnitudes[0].tolist(),
             "magnitude_after": magnitudes[-1].tolist()}
     return cfg_hook(pipe.unet, cond, pipe.empty, guidance_scale), info

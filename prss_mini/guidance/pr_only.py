@@ -21,9 +21,8 @@ BASELINE = False
 def build(pipe, prompt, x_T, guidance_scale, seed, lambda_ss, lambda_pr, tau, lambda_ss_factor, tau_factor,
           per_prompt):
     """Hook for PR towards PE's embedding on every triggered sample of x_T (B, C, H, W)."""
-    lambda_pr, tau = prss.reanchor_thresholds(pipe, lambda_pr, tau, tau_factor, guidance_scale)
-    guide = prss.reanchor_guide(pipe, prompt, len(x_T), guidance_scale, lambda_pr, tau, per_prompt)
-    lambda_ss = prss.threshold(pipe, "lambda_ss", lambda_ss, lambda_ss_factor, guidance_scale)
+    lambda_ss, guide = prss.thresholds_and_guide(pipe, prompt, len(x_T), guidance_scale, lambda_ss, lambda_pr, tau,
+                                                 lambda_ss_factor, tau_factor, per_prompt)
     plan = prss.search(pipe, prompt, x_T, seed, lambda_ss, lambda text: [], per_prompt)   # detection only
     e_opt, _ = optimize_embedding(pipe.unet, plan.e_p, pipe.empty, x_T, plan.t, lambda_ss)
     plan.e_target = torch.where(plan.triggered.view(-1, 1, 1), e_opt, plan.e_target)

@@ -17,6 +17,7 @@ from functools import partial
 import torch
 
 from ..diffusion import classifier_free_guidance, predict_noise
+from .bright_ending import masked_magnitude
 from .detect import noise_magnitude
 from .knobs import Knob
 from .paraphrase import paraphrases
@@ -74,17 +75,21 @@ class Plan:
     info: dict                # per sample: triggered, prompt, magnitudes; and PR's trace
 
 
-def search(pipe, prompt, x_T, seed, lambda_ss, candidates, per_prompt=False):
+def search(pipe, prompt, x_T, seed, lambda_ss, candidates, per_prompt=False, mask=None):
     """Step 1, SS, for every sample of x_T (B, C, H, W): detection at pipe.detection_timestep, then the search.
 
     candidates(prompt) -> the prompt's candidate paraphrases (`paraphraser`). The (empty, prompt) predictions are
     ONE call on all samples, the same call as CFG's first step, so untriggered samples stay bit for bit CFG's. The
     prompts of a batch search side by side (ss.search_prompts): round k scores every prompt's k-th candidate in one
-    call."""
+    call. mask (B, H, W): Bright Ending's (bright_ending.py); with it, the detection and every candidate's score use
+    the masked magnitude ||(eps_c - eps_u) * M|| / mean(M) (prss_be.py)."""
+    def magnitude(eps_c, eps_u, rows):                                                   # (n,): these samples'
+        return noise_magnitude(eps_c, eps_u) if mask is None else masked_magnitude(eps_c, eps_u, mask[rows])
+
     t = pipe.detection_timestep
     e_p = encode_rows(pipe, prompt, len(x_T))                                            # (B, L, D)
     eps_u, eps_p = predict_noise(pipe.unet, x_T, t, [pipe.empty, e_p])                   # (B, C, H, W) x 2
-    m = noise_magnitude(eps_p, eps_u)                                                    # (B,)
+    m = magnitude(eps_p, eps_u, slice(None))                                             # (B,)
     parts = blocks(prompt, len(x_T), seed)
     def score_all(requests):  # [(prompt i, candidate, its samples still searching)] -> magnitudes, ONE UNet call
         rows = [torch.as_tensor(r, dtype=torch.long) + parts[i][2].start for i, _, r in requests]
@@ -93,7 +98,7 @@ def search(pipe, prompt, x_T, seed, lambda_ss, candidates, per_prompt=False):
         context = torch.cat([e[texts.index(c)].expand(len(r), -1, -1) for _, c, r in requests])
         idx = torch.cat(rows)                                                            # (n,)
         eps_c = predict_noise(pipe.unet, x_T[idx], t, [context])[0]                      # (n, C, H, W)
-        return noise_magnitude(eps_c, eps_u[idx]).split([len(r) for r in rows])
+        return magnitude(eps_c, eps_u[idx], idx).split([len(r) for r in rows])
     searches = [(text, m[rows], candidates(text)) for text, _, rows in parts]
     results = [r for found in search_prompts(searches, score_all, lambda_ss, per_prompt) for r in found]
     info = {"triggered": [r.triggered for r in results], "prompt": [r.prompt for r in results],
@@ -160,11 +165,19 @@ def paraphraser(n_s, paraphrase_seed, candidates=None):
     return (lambda text: candidates) if candidates is not None else partial(paraphrases, n=n_s, seed=paraphrase_seed)
 
 
+def thresholds_and_guide(pipe, prompt, num_samples, guidance_scale, lambda_ss, lambda_pr, tau, lambda_ss_factor,
+                         tau_factor, per_prompt):
+    """(lambda_ss, PR's guide) for PRSS and the methods built on its loop (pr_only.py, prss_be.py): thresholds
+    default to the run's calibrated ones."""
+    lambda_pr, tau = reanchor_thresholds(pipe, lambda_pr, tau, tau_factor, guidance_scale)
+    guide = reanchor_guide(pipe, prompt, num_samples, guidance_scale, lambda_pr, tau, per_prompt)
+    return threshold(pipe, "lambda_ss", lambda_ss, lambda_ss_factor, guidance_scale), guide
+
+
 def build(pipe, prompt, x_T, guidance_scale, seed, lambda_ss, lambda_pr, tau, lambda_ss_factor, tau_factor, n_s,
           per_prompt, paraphrase_seed, candidates):
-    """Hook for PRSS on `prompt` for every x_T (B, C, H, W); thresholds default to the run's calibrated ones."""
-    lambda_pr, tau = reanchor_thresholds(pipe, lambda_pr, tau, tau_factor, guidance_scale)
-    guide = reanchor_guide(pipe, prompt, len(x_T), guidance_scale, lambda_pr, tau, per_prompt)
-    lambda_ss = threshold(pipe, "lambda_ss", lambda_ss, lambda_ss_factor, guidance_scale)
+    """Hook for PRSS on `prompt` for every x_T (B, C, H, W)."""
+    lambda_ss, guide = thresholds_and_guide(pipe, prompt, len(x_T), guidance_scale, lambda_ss, lambda_pr, tau,
+                                            lambda_ss_factor, tau_factor, per_prompt)
     plan = search(pipe, prompt, x_T, seed, lambda_ss, paraphraser(n_s, paraphrase_seed, candidates), per_prompt)
     return guided_hook(pipe, plan, guidance_scale, guide), plan.info
