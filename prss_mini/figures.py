@@ -15,7 +15,7 @@ from .prompts import CONTROL, MEMORIZED
 GROUP_COLOURS = {"global": "crimson", "local": "darkorange", "general": "steelblue", "heldout": "seagreen"}
 # PRSS is red and CFG black; every other method takes the next of these, in the order of METHODS
 PALETTE = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:gray", "tab:olive",
-           "tab:cyan")
+           "tab:cyan", "navy", "darkgoldenrod")
 
 
 def method_colour(method):

@@ -99,3 +99,9 @@ def test_ablation_rows_take_their_names_from_the_methods():
 def test_the_ablation_table_lists_the_methods_after_the_paper_below_its_rows():
     rows = report.ablation_table(fake_pooled(list(report.ABLATION + report.BEYOND))["results"]).splitlines()[2:]
     assert [r.split(" | ")[0][2:] for r in rows] == [METHODS[m].TITLE for m in report.ABLATION + report.BEYOND]
+
+
+def test_every_method_but_prss_and_cfg_has_a_colour_of_its_own_in_the_figures():
+    from prss_mini.figures import method_colour
+    others = [m for m in METHODS if m not in ("prss", "cfg")]
+    assert len({method_colour(m) for m in others}) == len(others)
