@@ -25,7 +25,7 @@ BASELINE = True
 def build(pipe, prompt, x_T, guidance_scale, seed, target, target_factor, lr, max_iters):
     """Plain CFG with an embedding optimised, per sample, on the masked magnitude at the detection timestep;
     info["mask"] (B, H, W) is the mask each sample used."""
-    mask = end_token_mask(pipe, prompt, x_T)                                            # (B, H, W)
+    mask = end_token_mask(pipe, prompt, x_T).to(x_T.device)                             # (B, H, W)
     hook, info = pe.optimized_cfg(pipe, prompt, x_T, guidance_scale, target, target_factor, lr, max_iters, mask)
     info["mask"] = mask
     return hook, info

@@ -30,7 +30,7 @@ def build(pipe, prompt, x_T, guidance_scale, seed, lambda_ss, lambda_pr, tau, la
           paraphrase_seed, candidates):
     """Hook for PRSS on `prompt` for every x_T (B, C, H, W), detecting and searching with BE's mask;
     info["mask"] (B, H, W) is the mask each sample used."""
-    mask = end_token_mask(pipe, prompt, x_T)                                            # (B, H, W)
+    mask = end_token_mask(pipe, prompt, x_T).to(x_T.device)                             # (B, H, W)
     lambda_ss, guide = prss.thresholds_and_guide(pipe, prompt, len(x_T), guidance_scale, lambda_ss, lambda_pr, tau,
                                                  lambda_ss_factor, tau_factor, per_prompt=False)
     plan = prss.search(pipe, prompt, x_T, seed, lambda_ss, prss.paraphraser(n_s, paraphrase_seed, candidates),
