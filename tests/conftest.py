@@ -81,3 +81,12 @@ def record_steps():
 
         return pipe.run_hook(spy, x_T, num_inference_steps), steps
     return run
+
+
+@pytest.fixture(scope="module")
+def unet():
+    """The tiny random Stable Diffusion UNet (cross-attention dim 16) of the SD tests; diffusers is imported here, in
+    the tests that ask for it, so the toy's tests never need it."""
+    from prss_mini.sd_tiny import tiny_unet
+    torch.set_num_threads(1)
+    return tiny_unet(seed=0, cross_attention_dim=16)

@@ -14,17 +14,10 @@ from diffusers.models.attention_processor import AttnProcessor  # noqa: E402
 
 from prss_mini import sd_after_prss  # noqa: E402
 from prss_mini import stable_diffusion as sd  # noqa: E402
-from prss_mini.sd_tiny import tiny_unet  # noqa: E402
 from prss_mini.guidance import init_noise  # noqa: E402
 
 S, STEPS, B, L, D = 7.5, 5, 3, 6, 16
 LAYER = "down_blocks.0.attentions.0.transformer_blocks.0.attn2"  # the tiny UNet's one down-path cross-attention
-
-
-@pytest.fixture(scope="module")
-def unet():
-    torch.set_num_threads(1)
-    return tiny_unet(seed=0, cross_attention_dim=D)
 
 
 @pytest.fixture(scope="module")

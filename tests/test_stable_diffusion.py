@@ -13,18 +13,11 @@ importorskip("diffusers", reason="prss_mini.stable_diffusion needs diffusers: pi
 
 
 from prss_mini import stable_diffusion as sd  # noqa: E402
-from prss_mini.sd_tiny import tiny_unet  # noqa: E402
 from prss_mini.diffusion import NoiseSchedule, timesteps_for  # noqa: E402
 from prss_mini.guidance.pr import prompt_reanchor  # noqa: E402
 from prss_mini.guidance.ss import semantic_search  # noqa: E402
 
 S, STEPS, B, L, D = 7.5, 5, 4, 6, 16
-
-
-@pytest.fixture(scope="module")
-def unet():
-    torch.set_num_threads(1)
-    return tiny_unet(seed=0, cross_attention_dim=D)
 
 
 @pytest.fixture(scope="module")
